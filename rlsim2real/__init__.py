@@ -1,0 +1,1 @@
+"""rlsim2real: sim-to-real RL for MuJoCo."""
