@@ -1,0 +1,298 @@
+"""Recurrent PPO: sb3-contrib's algorithm with fast rollout/update paths and optional DANN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO as _SB3RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from rlsim2real.agents.buffers import FastRecurrentDictRolloutBuffer, FastRecurrentRolloutBuffer
+from rlsim2real.agents.dann_config import DannConfig, TargetObservations
+from rlsim2real.agents.dann_update import DannUpdater
+from rlsim2real.agents.policies import CnnLstmPolicy, FastRecurrentPolicyMixin, MlpLstmPolicy, MultiInputLstmPolicy
+
+SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
+
+
+class RecurrentPPO(_SB3RecurrentPPO):
+    """Drop-in :class:`sb3_contrib.RecurrentPPO` with fast LSTM paths and an optional DANN encoder.
+
+    Same constructor, defaults, checkpoint layout and results (up to float rounding) as
+    sb3-contrib. The policy aliases resolve to :mod:`rlsim2real.agents.policies`, whose LSTM
+    runs once per minibatch instead of once per time step; rollouts use a lean inference
+    step; the buffer pads minibatches with vectorized indexing.
+
+    Args:
+        *args: As for :class:`sb3_contrib.RecurrentPPO`.
+        dann: DANN settings, a dict of :class:`DannConfig` fields (e.g.
+            ``dict(enabled=True, weight=0.1, schedule="ganin", gamma=10)``), a bool, or None.
+        **kwargs: As for :class:`sb3_contrib.RecurrentPPO`.
+
+    Example:
+        >>> model = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=32, seed=0)
+        >>> _ = model.learn(64)
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpLstmPolicy": MlpLstmPolicy,
+        "CnnLstmPolicy": CnnLstmPolicy,
+        "MultiInputLstmPolicy": MultiInputLstmPolicy,
+    }
+
+    def __init__(self, *args: Any, dann: DannConfig | dict[str, Any] | bool | None = None, **kwargs: Any) -> None:
+        self.dann_config = DannConfig.from_any(dann)
+        self._dann_horizon: int | None = self.dann_config.schedule_timesteps
+        self._target: TargetObservations | None = None
+        self._target_provider: Callable[[int], np.ndarray | None] | None = None
+        self.dann_optimizer: th.optim.Optimizer | None = None
+        super().__init__(*args, **kwargs)
+
+    # ----------------------------------------------------------------- setup
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        fast_cls = FastRecurrentDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else FastRecurrentRolloutBuffer
+        lstm = self.policy.lstm_actor
+        self.rollout_buffer = fast_cls(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            (self.n_steps, lstm.num_layers, self.n_envs, lstm.hidden_size),
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+        self._dann = DannUpdater(self, self.dann_config) if self.dann_config.enabled else None
+        self.dann_optimizer = self._dann.optimizer if self._dann else None
+
+    @property
+    def dann_enabled(self) -> bool:
+        """Whether the domain-adversarial loss is part of training."""
+        return self._dann is not None
+
+    # ------------------------------------------------------- target domain
+    def set_target_observations(self, observations: np.ndarray) -> None:
+        """Replace the unlabeled target-domain observations the discriminator trains against.
+
+        Can be called at any time (e.g. by a trainer after collecting fresh "real" data).
+
+        Args:
+            observations: Shape (N, *obs_shape), finite, N >= 1; moved to ``self.device``.
+
+        Raises:
+            ValueError: If the array is empty, has the wrong shape or holds NaN/inf.
+        """
+        rng = np.random.default_rng(None if self.seed is None else self.seed + 7919)
+        self._target = TargetObservations(observations, self.observation_space, self.device, self.dann_config.heldout_fraction, rng)
+
+    def set_target_provider(self, provider: Callable[[int], np.ndarray | None] | None) -> None:
+        """Register a hook called before every update with ``num_timesteps``.
+
+        When it returns an array, that array replaces the target observations (validated
+        as in :meth:`set_target_observations`); None keeps the current ones.
+
+        Args:
+            provider: The hook, or None to remove it.
+        """
+        self._target_provider = provider
+
+    def dann_progress(self) -> float:
+        """Progress in [0, 1] of the lambda schedule, from ``num_timesteps`` (resumes exactly)."""
+        horizon = self._dann_horizon or 1
+        return min(1.0, self.num_timesteps / horizon)
+
+    # -------------------------------------------------------------- learn
+    def learn(
+        self: SelfRecurrentPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "RecurrentPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfRecurrentPPO:
+        """As :meth:`sb3_contrib.RecurrentPPO.learn`; with DANN, checks targets first.
+
+        Raises:
+            ValueError: If DANN is enabled and no target observations (nor provider) are set.
+        """
+        if self.dann_enabled:
+            if self._target is None and self._target_provider is None:
+                raise ValueError(
+                    "DANN is enabled but no target observations are set: call "
+                    "agent.set_target_observations(obs) (shape (N, *obs_shape)) before learn()"
+                )
+            if self._dann_horizon is None:
+                self._dann_horizon = int(total_timesteps) + (0 if reset_num_timesteps else self.num_timesteps)
+        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+    # ---------------------------------------------------------- rollouts
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """Same contract and stored data as sb3-contrib's, with a cheaper per-step path."""
+        if not isinstance(self.policy, FastRecurrentPolicyMixin) or not hasattr(rollout_buffer, "add_step"):
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        if self._last_obs is None:
+            raise RuntimeError("No previous observation was provided")
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+        callback.on_rollout_start()
+        is_box = isinstance(self.action_space, spaces.Box)
+        low, high = (self.action_space.low, self.action_space.high) if is_box else (None, None)
+        lstm_states = self._last_lstm_states
+        n_steps = 0
+        while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)
+            with th.inference_mode():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
+                actions, values, log_probs, lstm_states = self.policy.rollout_step(obs_tensor, lstm_states, episode_starts)
+            actions = actions.cpu().numpy()
+            clipped_actions = np.clip(actions, low, high) if is_box else actions
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            if dones.any():
+                self._bootstrap_timeouts(rewards, dones, infos, lstm_states)
+            rollout_buffer.add_step(
+                self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs, self._last_lstm_states
+            )
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+            self._last_lstm_states = lstm_states
+        with th.inference_mode():
+            episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), lstm_states.vf, episode_starts)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.on_rollout_end()
+        return True
+
+    def _bootstrap_timeouts(self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict], lstm_states: RNNStates) -> None:
+        """Add ``gamma * V(terminal_obs)`` to the reward of truncated episodes (SB3 issue #633)."""
+        for idx in np.flatnonzero(dones):
+            info = infos[idx]
+            if info.get("terminal_observation") is None or not info.get("TimeLimit.truncated", False):
+                continue
+            terminal_obs = self.policy.obs_to_tensor(info["terminal_observation"])[0]
+            with th.inference_mode():
+                state = (lstm_states.vf[0][:, idx : idx + 1, :].contiguous(), lstm_states.vf[1][:, idx : idx + 1, :].contiguous())
+                no_start = th.zeros(1, dtype=th.float32, device=self.device)
+                rewards[idx] += self.gamma * self.policy.predict_values(terminal_obs, state, no_start)[0].item()
+
+    # -------------------------------------------------------------- update
+    def train(self) -> None:
+        """PPO update on the rollout buffer, as sb3-contrib's, plus the DANN terms when enabled."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_range_vf = self.clip_range_vf(self._current_progress_remaining) if self.clip_range_vf is not None else None
+        if self._dann is not None:
+            self._dann.begin_update()
+        ppo_params = [p for n, p in self.policy.named_parameters() if not n.startswith("discriminator.")]
+        stats: dict[str, list[th.Tensor]] = {"entropy": [], "pg": [], "value": [], "clip": []}
+        approx_kl_divs: list[float] = []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                actions = rollout_data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = rollout_data.actions.long().flatten()
+                mask = rollout_data.mask > 1e-8
+                values, log_prob, entropy, features = self.policy.evaluate_actions_with_features(
+                    rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
+                )
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                if self.normalize_advantage:
+                    advantages = (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.mean(th.min(policy_loss_1, policy_loss_2)[mask])
+                if clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = th.mean(((rollout_data.returns - values_pred) ** 2)[mask])
+                entropy_loss = -th.mean(-log_prob[mask]) if entropy is None else -th.mean(entropy[mask])
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                if self._dann is not None:
+                    loss = loss + self._dann.loss(features, mask)
+                with th.no_grad():
+                    stats["pg"].append(policy_loss.detach())
+                    stats["clip"].append(th.mean((th.abs(ratio - 1) > clip_range).float()[mask]))
+                    stats["value"].append(value_loss.detach())
+                    stats["entropy"].append(entropy_loss.detach())
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean(((th.exp(log_ratio) - 1) - log_ratio)[mask]).item()
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+                self.policy.optimizer.zero_grad()
+                if self._dann is not None:
+                    self._dann.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(ppo_params, self.max_grad_norm)
+                self.policy.optimizer.step()
+                if self._dann is not None:
+                    self._dann.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+        self._record_train_logs(stats, approx_kl_divs, loss, clip_range, clip_range_vf)
+        if self._dann is not None:
+            self._dann.end_update()
+
+    def _record_train_logs(self, stats, approx_kl_divs, loss, clip_range, clip_range_vf) -> None:
+        mean = lambda xs: th.stack(xs).mean().item() if xs else float("nan")  # noqa: E731
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/entropy_loss", mean(stats["entropy"]))
+        self.logger.record("train/policy_gradient_loss", mean(stats["pg"]))
+        self.logger.record("train/value_loss", mean(stats["value"]))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", mean(stats["clip"]))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    # --------------------------------------------------------------- save
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        if self.dann_enabled:
+            state_dicts = [*state_dicts, "dann_optimizer"]
+        return state_dicts, variables
+
+    def _excluded_save_params(self) -> list[str]:
+        # Target observations can be large and belong to the data, not the model; the
+        # provider is a live callable. Both are set again after loading.
+        return [*super()._excluded_save_params(), "_target", "_target_provider", "_dann", "dann_optimizer"]

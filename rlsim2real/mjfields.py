@@ -1,0 +1,239 @@
+"""The one table of ``MjModel`` fields that randomization terms may write.
+
+Each entry says how element names map to indices, how many columns the field has, what
+values are physical, and what must follow a write (``mujoco.mj_setConst`` for fields that
+derived constants depend on). :func:`bind` resolves a :class:`~rlsim2real.params.Param`
+against a model once, so applying a sample later is plain array arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from rlsim2real.params import Param, SpecError
+
+_OBJ = mujoco.mjtObj
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """How one ``MjModel`` field is addressed and what writing it implies.
+
+    Attributes:
+        obj: Object type whose names index the rows (``None`` for ``opt.*``: rows are
+            indexed by position).
+        sign: ``"positive"``, ``"nonnegative"`` or ``None`` (any real value).
+        set_const: Whether ``mj_setConst`` must run after a write.
+        by_joint: Rows are DOFs, named by the joint that owns them.
+    """
+
+    obj: int | None
+    sign: str | None = None
+    set_const: bool = False
+    by_joint: bool = False
+
+
+FIELDS: dict[str, FieldInfo] = {
+    "body_mass": FieldInfo(_OBJ.mjOBJ_BODY, "positive", set_const=True),
+    "body_inertia": FieldInfo(_OBJ.mjOBJ_BODY, "positive", set_const=True),
+    "geom_friction": FieldInfo(_OBJ.mjOBJ_GEOM, "nonnegative"),
+    "geom_solref": FieldInfo(_OBJ.mjOBJ_GEOM),
+    "geom_solimp": FieldInfo(_OBJ.mjOBJ_GEOM),
+    "geom_margin": FieldInfo(_OBJ.mjOBJ_GEOM, "nonnegative"),
+    "dof_damping": FieldInfo(_OBJ.mjOBJ_JOINT, "nonnegative", by_joint=True),
+    "dof_armature": FieldInfo(_OBJ.mjOBJ_JOINT, "nonnegative", set_const=True, by_joint=True),
+    "dof_frictionloss": FieldInfo(_OBJ.mjOBJ_JOINT, "nonnegative", by_joint=True),
+    "jnt_stiffness": FieldInfo(_OBJ.mjOBJ_JOINT, "nonnegative"),
+    "jnt_range": FieldInfo(_OBJ.mjOBJ_JOINT),
+    "actuator_gear": FieldInfo(_OBJ.mjOBJ_ACTUATOR, set_const=True),
+    "actuator_gainprm": FieldInfo(_OBJ.mjOBJ_ACTUATOR),
+    "actuator_biasprm": FieldInfo(_OBJ.mjOBJ_ACTUATOR),
+    "actuator_ctrlrange": FieldInfo(_OBJ.mjOBJ_ACTUATOR),
+    "actuator_forcerange": FieldInfo(_OBJ.mjOBJ_ACTUATOR),
+    "opt.gravity": FieldInfo(None),
+    "opt.wind": FieldInfo(None),
+    "opt.timestep": FieldInfo(None, "positive"),
+    "opt.density": FieldInfo(None, "nonnegative"),
+    "opt.viscosity": FieldInfo(None, "nonnegative"),
+}
+
+_OBJ_WORD = {
+    _OBJ.mjOBJ_BODY: "body",
+    _OBJ.mjOBJ_GEOM: "geom",
+    _OBJ.mjOBJ_JOINT: "joint",
+    _OBJ.mjOBJ_ACTUATOR: "actuator",
+}
+
+
+def write_field(model: mujoco.MjModel, field: str, values: np.ndarray) -> None:
+    """Write a whole field (shape as :func:`field_array` returns it) into ``model``."""
+    if field.startswith("opt."):
+        current = getattr(model.opt, field[4:])
+        if isinstance(current, np.ndarray):
+            current[...] = values
+        else:
+            setattr(model.opt, field[4:], float(np.asarray(values).reshape(-1)[0]))
+        return
+    getattr(model, field)[...] = values
+
+
+def field_array(model: mujoco.MjModel, field: str) -> np.ndarray:
+    """The live array of ``field`` in ``model`` (a view: writing it changes the model)."""
+    if field.startswith("opt."):
+        arr = getattr(model.opt, field[4:])
+        return arr if isinstance(arr, np.ndarray) else np.asarray([arr])
+    return getattr(model, field)
+
+
+@dataclass(frozen=True)
+class BoundParam:
+    """A Param resolved against one model.
+
+    Attributes:
+        param: The term.
+        field: Field name in :data:`FIELDS`.
+        rows: Row indices the term writes, shape (k,).
+        column: Column index, or ``None`` for every column of 2-D fields.
+        nominal: Nominal values of the selected entries (a copy), shape (k,) or (k, c).
+    """
+
+    param: Param
+    field: str
+    rows: np.ndarray
+    column: int | None
+    nominal: np.ndarray
+
+    @property
+    def index(self) -> tuple:
+        if self.column is None:
+            return (self.rows,)
+        return (self.rows, self.column)
+
+    def nominal_value(self) -> float:
+        """The Param's value on the nominal model, in its own units."""
+        identity = self.param.identity
+        return float(identity) if identity is not None else float(np.mean(self.nominal))
+
+    def apply(self, work: np.ndarray, value: float) -> None:
+        """Write ``value`` into ``work`` (a copy of the field), relative to the cached nominal."""
+        mode = self.param.mode
+        if mode == "scale":
+            work[self.index] = self.nominal * value
+        elif mode == "add":
+            work[self.index] = self.nominal + value
+        else:
+            work[self.index] = value
+
+    def check_value(self, value: float, where: str) -> None:
+        """Raise :class:`SpecError` if ``value`` makes the field unphysical (see FieldInfo.sign)."""
+        sign = FIELDS[self.field].sign
+        if sign is None or not np.isfinite(value):
+            if not np.isfinite(value):
+                raise SpecError(f"{where}: value must be finite, got {value}")
+            return
+        mode = self.param.mode
+        new = {"scale": self.nominal * value, "add": self.nominal + value}.get(mode, np.full_like(self.nominal, value, dtype=np.float64))
+        was = self.nominal > 0 if sign == "positive" else self.nominal >= 0
+        bad = (new <= 0) if sign == "positive" else (new < 0)
+        # Only entries that were physical to begin with are held to the rule (the world
+        # body's zero mass, say, stays zero under any scale).
+        if np.any(bad & was):
+            expected = "> 0" if sign == "positive" else ">= 0"
+            raise SpecError(
+                f"{where}: {mode} {value:g} makes {self.param.target} {float(np.min(new)):g}; expected {expected}"
+            )
+
+
+def _rows_for(model: mujoco.MjModel, info: FieldInfo, field: str, element: str | None, where: str) -> np.ndarray:
+    n_rows = field_array(model, field).shape[0]
+    if element is None or element == "*":
+        rows = np.arange(n_rows)
+        if info.obj == _OBJ.mjOBJ_BODY:
+            rows = rows[1:]  # the world body has no physical mass or inertia
+        return rows
+    out: list[int] = []
+    for token in element.split("|"):
+        token = token.strip()
+        if info.obj is None or token.startswith("#"):
+            text = token[1:] if token.startswith("#") else token
+            try:
+                idx = int(text)
+            except ValueError:
+                raise SpecError(f"{where}: element {token!r} of {field} must be an index (0..{n_rows - 1})") from None
+            limit = model.njnt if info.by_joint else n_rows
+            if not 0 <= idx < limit:
+                raise SpecError(f"{where}: index {idx} is out of range for {field} (0..{limit - 1})")
+            ids = [idx]
+        else:
+            obj_id = mujoco.mj_name2id(model, info.obj, token)
+            if obj_id < 0:
+                word = _OBJ_WORD[info.obj]
+                names = [mujoco.mj_id2name(model, info.obj, i) for i in range(_count(model, info.obj))]
+                known = ", ".join(n for n in names if n) or "(none named)"
+                raise SpecError(f"{where}: unknown {word} name {token!r} in {field}; known {word}s: {known}")
+            ids = [obj_id]
+        if info.by_joint:
+            for j in ids:
+                out.extend(_joint_dofs(model, j))
+        else:
+            out.extend(ids)
+    return np.array(sorted(set(out)), dtype=np.intp)
+
+
+def _count(model: mujoco.MjModel, obj: int) -> int:
+    return {
+        _OBJ.mjOBJ_BODY: model.nbody,
+        _OBJ.mjOBJ_GEOM: model.ngeom,
+        _OBJ.mjOBJ_JOINT: model.njnt,
+        _OBJ.mjOBJ_ACTUATOR: model.nu,
+    }[obj]
+
+
+def _joint_dofs(model: mujoco.MjModel, joint: int) -> list[int]:
+    ndof = {
+        mujoco.mjtJoint.mjJNT_FREE: 6,
+        mujoco.mjtJoint.mjJNT_BALL: 3,
+    }.get(model.jnt_type[joint], 1)
+    start = int(model.jnt_dofadr[joint])
+    return list(range(start, start + ndof))
+
+
+def bind(model: mujoco.MjModel, param: Param, where: str | None = None) -> BoundParam:
+    """Resolve ``param`` against ``model``, validating field, element names and range.
+
+    Args:
+        model: The compiled model, at its nominal values.
+        param: A term whose target kind is ``"model"``.
+        where: Prefix for error messages (e.g. ``"envs/hopper.toml: params.torso_mass"``).
+
+    Returns:
+        The bound term, with a copy of the nominal values it selects.
+
+    Raises:
+        SpecError: on an unknown field or element name, a bad column, or a range that
+            makes the field unphysical (a non-positive mass or inertia, say).
+    """
+    where = where or f"param {param.name!r}"
+    target = param.parsed
+    info = FIELDS.get(target.field)
+    if info is None:
+        raise SpecError(
+            f"{where}: unknown field {target.field!r} in target {param.target!r}; "
+            f"expected one of {', '.join(FIELDS)}, obs.noise_std, obs.bias, obs.scale, action.delay"
+        )
+    arr = field_array(model, target.field)
+    rows = _rows_for(model, info, target.field, target.element, where)
+    if rows.size == 0:
+        raise SpecError(f"{where}: target {param.target!r} selects no elements")
+    column = target.column
+    if column is not None:
+        n_cols = arr.shape[1] if arr.ndim == 2 else 1
+        if arr.ndim != 2 or not 0 <= column < n_cols:
+            raise SpecError(f"{where}: column {column} is out of range for {target.field} ({n_cols} column(s))")
+    bound = BoundParam(param, target.field, rows, column, np.array(arr[(rows,) if column is None else (rows, column)]))
+    for value in param.range:
+        bound.check_value(value, where)
+    return bound

@@ -1,0 +1,576 @@
+"""Declarative specs: ``envs/*.toml``, ``agents/*.toml``, ``experiments/*.toml``.
+
+Everything is validated when the file is loaded, against the real MuJoCo model: an unknown
+key, field or element name, ``low > high``, a range that makes a mass non-positive or a
+real set naming an unknown parameter fails at once with one line naming the file, the key
+and what was expected.
+
+An env spec::
+
+    [env]
+    id = "Hopper-v5"                # or entry_point = "package.module:Class"
+                                    #    (or "assets/my_env.py:Class", relative to the file)
+    [randomization]
+    resample_every = 0              # 0: sample at reset only
+    [evaluation]
+    success_return = 1000.0         # omit: success = reaching the time limit
+    grid = { x = "torso_mass", y = "friction", x_values = [0.5, 1.0, 1.5], y_values = [0.5, 1.0] }
+    [params.torso_mass]             # the training box
+    target = "body_mass[torso]"
+    range = [0.7, 1.3]
+    mode = "scale"                  # scale | add | abs
+    dist = "uniform"                # uniform | loguniform | normal
+    [heldout_params.obs_bias]       # terms training never varies; real sets may set them
+    target = "obs.bias[*]"
+    mode = "add"
+    [real_sets.heavy_torso]         # held-out "real" configurations
+    torso_mass = 1.6
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlsim2real.params import Param, ParamSpace, SpecError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec_dirs(kind: str) -> list[Path]:
+    """Folders searched for a spec given by name: ``./<kind>``, ``$RLSIM2REAL_SPEC_PATH``'s
+    ``<kind>`` subfolders, then the project's own ``<kind>`` folder."""
+    dirs = [Path.cwd() / kind]
+    for entry in os.environ.get("RLSIM2REAL_SPEC_PATH", "").split(os.pathsep):
+        if entry:
+            dirs.append(Path(entry) / kind)
+    dirs.append(REPO_ROOT / kind)
+    return dirs
+
+
+def resolve_spec_path(name_or_path: str | os.PathLike, kind: str, relative_to: Path | None = None) -> Path:
+    """Find a spec file by path or by name in the ``kind`` folders (``envs``, ``agents``, ...).
+
+    Raises:
+        SpecError: if no such file exists, listing the specs that do.
+    """
+    text = str(name_or_path)
+    candidates: list[Path] = []
+    as_path = Path(text)
+    if relative_to is not None and not as_path.is_absolute():
+        candidates.append(relative_to / as_path)
+    candidates.append(as_path)
+    if not text.endswith(".toml"):
+        stem = text.replace("-", "_").lower()
+        candidates.extend(d / f"{stem}.toml" for d in spec_dirs(kind))
+    elif relative_to is not None:
+        candidates.extend(d / as_path.name for d in spec_dirs(kind))
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    known = sorted({p.stem for d in spec_dirs(kind) if d.is_dir() for p in d.glob("*.toml")})
+    raise SpecError(f"{kind} spec {text!r} not found; known {kind}: {', '.join(known) or '(none)'}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning syntax errors and empty files into :class:`SpecError`."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    if not data:
+        raise SpecError(f"{path}: file is empty; expected a spec")
+    return data
+
+
+def check_keys(table: Any, allowed: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Raise :class:`SpecError` on a non-table, an unknown key or a missing required key."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"{where}: expected a table, got {type(table).__name__} {table!r}")
+    for key in table:
+        if key not in allowed:
+            raise SpecError(f"{where}: unknown key {key!r}; expected one of {', '.join(allowed)}")
+    for key in required:
+        if key not in table:
+            raise SpecError(f"{where}: missing key {key!r}")
+    return dict(table)
+
+
+def _typed(value: Any, types: type | tuple[type, ...], where: str, expected: str) -> Any:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise SpecError(f"{where}: expected {expected}, got {value!r}")
+    if not isinstance(value, types):
+        raise SpecError(f"{where}: expected {expected}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- env specs
+_ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "description")
+_ENV_TABLE_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "description")
+_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "description")
+_EVAL_KEYS = ("success_return", "grid")
+_GRID_KEYS = ("x", "y", "x_values", "y_values")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Two parameters and the values to sweep them over in grid evaluation."""
+
+    x: str
+    y: str
+    x_values: tuple[float, ...]
+    y_values: tuple[float, ...]
+
+
+@dataclass
+class EnvSpec:
+    """A randomizable environment: how to build it, its training box and its real sets.
+
+    Attributes:
+        name: Spec name (file stem).
+        path: The file it was loaded from (``None`` if built in code).
+        env_id: Gymnasium id, or ``None`` when ``entry_point`` is given.
+        entry_point: ``"module:Class"`` or ``"file.py:Class"`` (relative to the spec file).
+        kwargs: Keyword arguments for the env constructor.
+        max_episode_steps: Time limit override.
+        params: The training box (randomized during training).
+        heldout_params: Terms held at nominal in training that real sets may set.
+        real_sets: ``{name: {param: value}}`` held-out configurations.
+        resample_every: Re-sample within episodes every this many steps (``None``: resets only).
+        success_return: Episode return that counts as a success (``None``: success means
+            the episode reached its time limit without terminating).
+        grid: Default grid for ``evaluate --grid``.
+    """
+
+    name: str
+    env_id: str | None = None
+    entry_point: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None
+    params: ParamSpace = field(default_factory=ParamSpace)
+    heldout_params: ParamSpace = field(default_factory=ParamSpace)
+    real_sets: dict[str, dict[str, float]] = field(default_factory=dict)
+    resample_every: int | None = None
+    success_return: float | None = None
+    grid: GridSpec | None = None
+    description: str = ""
+    path: Path | None = None
+
+    @property
+    def all_params(self) -> ParamSpace:
+        """Training box and held-out terms together (every term a wrapper applies)."""
+        return ParamSpace(list(self.params) + list(self.heldout_params))
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else f"env spec {self.name!r}"
+
+    def real_set(self, name: str) -> dict[str, float]:
+        """The values of real set ``name``.
+
+        Raises:
+            SpecError: if there is no such set, listing those there are.
+        """
+        if name not in self.real_sets:
+            known = ", ".join(self.real_sets) or "(none)"
+            raise SpecError(f"{self.source}: unknown real set {name!r}; known real sets: {known}")
+        return dict(self.real_sets[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (written into a run's config.json)."""
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "id": self.env_id,
+            "entry_point": self.entry_point,
+            "kwargs": self.kwargs,
+            "max_episode_steps": self.max_episode_steps,
+            "params": self.params.to_list(),
+            "heldout_params": self.heldout_params.to_list(),
+            "real_sets": self.real_sets,
+            "resample_every": self.resample_every,
+            "success_return": self.success_return,
+            "grid": None if self.grid is None else self.grid.__dict__,
+        }
+
+
+def _parse_param(name: str, table: Any, where: str, heldout: bool) -> Param:
+    t = check_keys(table, _PARAM_KEYS, where, required=("target",) if heldout else ("target", "range"))
+    mode = t.get("mode", "scale")
+    if "range" in t:
+        rng = t["range"]
+        if not isinstance(rng, list) or len(rng) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng):
+            raise SpecError(f"{where}.range: expected [low, high], got {rng!r}")
+    elif mode == "abs":
+        raise SpecError(f"{where}: mode 'abs' needs a range (used for validation and grids)")
+    else:
+        rng = [1.0, 1.0] if mode == "scale" else [0.0, 0.0]
+    try:
+        return Param(name, t["target"], tuple(rng), mode, t.get("dist", "uniform"), t.get("mean"), t.get("std"))
+    except SpecError as exc:
+        raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> EnvSpec:
+    """Load and validate an env spec by name (``"hopper"``) or path.
+
+    Args:
+        name_or_path: A spec name found in the ``envs`` folders, or a ``.toml`` path.
+        validate: Build the env once and check every target and value against its model.
+
+    Returns:
+        The spec.
+
+    Raises:
+        SpecError: with the file, key and what was expected.
+    """
+    if isinstance(name_or_path, EnvSpec):
+        return name_or_path
+    path = resolve_spec_path(name_or_path, "envs")
+    data = read_toml(path)
+    f = str(path)
+    check_keys(data, _ENV_KEYS, f)
+    env_t = check_keys(data.get("env", {}), _ENV_TABLE_KEYS, f"{f}: env")
+    if ("id" in env_t) == ("entry_point" in env_t):
+        raise SpecError(f"{f}: env: expected exactly one of 'id' (a Gymnasium id) or 'entry_point' ('module:Class')")
+    kwargs = check_keys(env_t.get("kwargs", {}), tuple(env_t.get("kwargs", {})), f"{f}: env.kwargs")
+    max_steps = env_t.get("max_episode_steps")
+    if max_steps is not None:
+        _typed(max_steps, int, f"{f}: env.max_episode_steps", "a positive integer")
+    rand_t = check_keys(data.get("randomization", {}), ("resample_every",), f"{f}: randomization")
+    resample = int(_typed(rand_t.get("resample_every", 0), int, f"{f}: randomization.resample_every", "an integer >= 0"))
+    if resample < 0:
+        raise SpecError(f"{f}: randomization.resample_every: expected an integer >= 0, got {resample}")
+    params_t = check_keys(data.get("params", {}), tuple(data.get("params", {})), f"{f}: params")
+    held_t = check_keys(data.get("heldout_params", {}), tuple(data.get("heldout_params", {})), f"{f}: heldout_params")
+    params = [_parse_param(n, t, f"{f}: params.{n}", heldout=False) for n, t in params_t.items()]
+    held = [_parse_param(n, t, f"{f}: heldout_params.{n}", heldout=True) for n, t in held_t.items()]
+    clash = sorted(set(params_t) & set(held_t))
+    if clash:
+        raise SpecError(f"{f}: heldout_params.{clash[0]}: name already used in params")
+    spec = EnvSpec(
+        name=path.stem,
+        env_id=env_t.get("id"),
+        entry_point=env_t.get("entry_point"),
+        kwargs=kwargs,
+        max_episode_steps=max_steps,
+        params=ParamSpace(params),
+        heldout_params=ParamSpace(held),
+        resample_every=resample or None,
+        description=str(data.get("description", env_t.get("description", ""))),
+        path=path,
+    )
+    all_names = spec.all_params.names
+    sets_t = check_keys(data.get("real_sets", {}), tuple(data.get("real_sets", {})), f"{f}: real_sets")
+    for set_name, values in sets_t.items():
+        where = f"{f}: real_sets.{set_name}"
+        if not isinstance(values, Mapping):
+            raise SpecError(f"{where}: expected a table of parameter = value")
+        for k, v in values.items():
+            if k not in all_names:
+                raise SpecError(f"{where}: unknown parameter {k!r}; expected one of {', '.join(all_names)}")
+            _typed(v, (int, float), f"{where}.{k}", "a number")
+        spec.real_sets[set_name] = {k: float(v) for k, v in values.items()}
+    eval_t = check_keys(data.get("evaluation", {}), _EVAL_KEYS, f"{f}: evaluation")
+    if "success_return" in eval_t:
+        spec.success_return = float(_typed(eval_t["success_return"], (int, float), f"{f}: evaluation.success_return", "a number"))
+    if "grid" in eval_t:
+        spec.grid = _parse_grid(eval_t["grid"], f"{f}: evaluation.grid", all_names)
+    if validate:
+        validate_env_spec(spec)
+    return spec
+
+
+def _parse_grid(table: Any, where: str, names: tuple[str, ...]) -> GridSpec:
+    g = check_keys(table, _GRID_KEYS, where, required=_GRID_KEYS)
+    for axis in ("x", "y"):
+        if g[axis] not in names:
+            raise SpecError(f"{where}.{axis}: unknown parameter {g[axis]!r}; expected one of {', '.join(names)}")
+        vals = g[f"{axis}_values"]
+        if not isinstance(vals, list) or not vals or not all(isinstance(v, (int, float)) for v in vals):
+            raise SpecError(f"{where}.{axis}_values: expected a non-empty list of numbers")
+    return GridSpec(g["x"], g["y"], tuple(map(float, g["x_values"])), tuple(map(float, g["y_values"])))
+
+
+def validate_env_spec(spec: EnvSpec) -> None:
+    """Build the env once and check every term and real-set value against it.
+
+    Raises:
+        SpecError: naming the spec file and the offending key.
+    """
+    from rlsim2real import mjfields
+    from rlsim2real.factory import make_base_env
+    from rlsim2real.wrappers import ActionDelay, ObservationNoise
+
+    f = spec.source
+    env = make_base_env(spec)
+    try:
+        model = env.unwrapped.model
+        checkers: dict[str, Any] = {}
+        for section, space in (("params", spec.params), ("heldout_params", spec.heldout_params)):
+            for p in space:
+                where = f"{f}: {section}.{p.name}"
+                try:
+                    kind = p.parsed.kind
+                    if kind == "model":
+                        checkers[p.name] = mjfields.bind(model, p, where).check_value
+                    else:
+                        wrapper = (ObservationNoise if kind == "obs" else ActionDelay)(env, [p])
+                        checkers[p.name] = (lambda w, n: lambda v, wh: _recheck(w, n, v, wh))(wrapper, p.name)
+                except SpecError as exc:
+                    msg = str(exc)
+                    raise SpecError(msg if msg.startswith(f) else f"{where}: {msg.split(': ', 1)[-1]}") from None
+        for set_name, values in spec.real_sets.items():
+            for k, v in values.items():
+                checkers[k](v, f"{f}: real_sets.{set_name}.{k}")
+    finally:
+        env.close()
+
+
+def _recheck(wrapper: Any, name: str, value: float, where: str) -> None:
+    try:
+        wrapper._check_value(name, value)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def load_entry_point(entry_point: str, relative_to: Path | None = None) -> Any:
+    """Import ``"package.module:Name"`` or ``"path/to/file.py:Name"``.
+
+    Raises:
+        SpecError: if the module or name cannot be found.
+    """
+    if ":" not in entry_point:
+        raise SpecError(f"entry_point {entry_point!r}: expected 'package.module:Class' or 'file.py:Class'")
+    module_part, _, attr = entry_point.rpartition(":")
+    try:
+        if module_part.endswith(".py"):
+            file = Path(module_part)
+            if not file.is_absolute() and relative_to is not None:
+                file = relative_to / file
+            if not file.is_file():
+                raise SpecError(f"entry_point {entry_point!r}: no file {file}")
+            mod_name = f"rlsim2real_user_{file.stem}_{abs(hash(str(file.resolve()))) % 10**8}"
+            module = sys.modules.get(mod_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(mod_name, file)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_part)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"entry_point {entry_point!r}: {exc}") from None
+
+
+# ------------------------------------------------------------------------- agent specs
+ALGORITHMS = ("recurrent_ppo", "ppo")
+_AGENT_KEYS = ("agent", "hyperparameters", "policy_kwargs", "dann", "description")
+_AGENT_TABLE_KEYS = ("algorithm", "policy", "description")
+
+
+@dataclass
+class AgentSpec:
+    """An agent preset: algorithm, policy, constructor hyperparameters, DANN settings."""
+
+    name: str
+    algorithm: str = "recurrent_ppo"
+    policy: str = "MlpLstmPolicy"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    dann: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "algorithm": self.algorithm,
+            "policy": self.policy,
+            "hyperparameters": self.hyperparameters,
+            "policy_kwargs": self.policy_kwargs,
+            "dann": self.dann,
+        }
+
+
+def algorithm_class(algorithm: str) -> type:
+    """The SB3 class for an algorithm name (``recurrent_ppo`` or ``ppo``)."""
+    if algorithm == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO
+    if algorithm == "recurrent_ppo":
+        try:
+            from rlsim2real.agents import RecurrentPPO
+        except ImportError:  # the fast agent is optional at import time
+            from sb3_contrib import RecurrentPPO
+        return RecurrentPPO
+    raise SpecError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+
+
+_RUNNER_OWNED = ("policy", "env", "policy_kwargs", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model")
+
+
+def check_hyperparameters(algorithm: str, hyper: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`SpecError` if a key is not a constructor argument of the algorithm."""
+    cls = algorithm_class(algorithm)
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs", *_RUNNER_OWNED)]
+    for key in hyper:
+        if key not in accepted:
+            raise SpecError(f"{where}: unknown hyperparameter {key!r} for {algorithm}; expected one of {', '.join(accepted)}")
+
+
+def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> AgentSpec:
+    """Load and validate an agent preset by name (``"recurrent_ppo"``) or path.
+
+    Raises:
+        SpecError: with the file, key and what was expected.
+    """
+    path = resolve_spec_path(name_or_path, "agents", relative_to)
+    data = read_toml(path)
+    f = str(path)
+    check_keys(data, _AGENT_KEYS, f)
+    a = check_keys(data.get("agent", {}), _AGENT_TABLE_KEYS, f"{f}: agent")
+    algorithm = a.get("algorithm", "recurrent_ppo")
+    if algorithm not in ALGORITHMS:
+        raise SpecError(f"{f}: agent.algorithm: unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    hyper = check_keys(data.get("hyperparameters", {}), tuple(data.get("hyperparameters", {})), f"{f}: hyperparameters")
+    check_hyperparameters(algorithm, hyper, f"{f}: hyperparameters")
+    policy_kwargs = check_keys(data.get("policy_kwargs", {}), tuple(data.get("policy_kwargs", {})), f"{f}: policy_kwargs")
+    dann = check_keys(data.get("dann", {}), tuple(data.get("dann", {})), f"{f}: dann")
+    default_policy = "MlpLstmPolicy" if algorithm == "recurrent_ppo" else "MlpPolicy"
+    return AgentSpec(path.stem, algorithm, a.get("policy", default_policy), hyper, policy_kwargs, dann, path)
+
+
+# -------------------------------------------------------------------- experiment specs
+STRATEGIES = ("uniform",)
+VEC_ENVS = ("dummy", "subproc")
+_EXP_KEYS = ("experiment", "hyperparameters", "evaluation", "description")
+_EXP_TABLE_KEYS = (
+    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "normalize",
+    "checkpoint_every", "device", "description",
+)
+_EXP_EVAL_KEYS = ("episodes", "sets", "grid", "enabled")
+
+
+@dataclass
+class ExperimentSpec:
+    """One training run: env + agent + strategy + budget + seed + evaluation."""
+
+    name: str
+    env: EnvSpec
+    agent: AgentSpec
+    strategy: str = "uniform"
+    timesteps: int = 100_000
+    seed: int = 0
+    n_envs: int = 4
+    vec_env: str = "dummy"
+    normalize: bool = True
+    checkpoint_every: int = 0
+    device: str = "auto"
+    eval_episodes: int = 10
+    eval_sets: list[str] | None = None
+    eval_grid: bool = False
+    evaluate: bool = True
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "strategy": self.strategy,
+            "timesteps": self.timesteps,
+            "seed": self.seed,
+            "n_envs": self.n_envs,
+            "vec_env": self.vec_env,
+            "normalize": self.normalize,
+            "checkpoint_every": self.checkpoint_every,
+            "device": self.device,
+            "evaluation": {"episodes": self.eval_episodes, "sets": self.eval_sets, "grid": self.eval_grid, "enabled": self.evaluate},
+            "env": self.env.to_dict(),
+            "agent": self.agent.to_dict(),
+        }
+
+
+def _positive_int(value: Any, where: str, allow_zero: bool = False) -> int:
+    _typed(value, int, where, "an integer")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SpecError(f"{where}: expected an integer {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return int(value)
+
+
+def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
+    """Load and validate an experiment (its env and agent specs too).
+
+    Raises:
+        SpecError: with the file, key and what was expected.
+    """
+    path = resolve_spec_path(name_or_path, "experiments")
+    data = read_toml(path)
+    f = str(path)
+    check_keys(data, _EXP_KEYS, f)
+    e = check_keys(data.get("experiment", {}), _EXP_TABLE_KEYS, f"{f}: experiment", required=("env",))
+    env = _nested(lambda: load_env_spec(resolve_spec_path(e["env"], "envs", path.parent)), f, "experiment.env")
+    agent = _nested(lambda: load_agent_spec(e.get("agent", "recurrent_ppo"), path.parent), f, "experiment.agent")
+    hyper = check_keys(data.get("hyperparameters", {}), tuple(data.get("hyperparameters", {})), f"{f}: hyperparameters")
+    check_hyperparameters(agent.algorithm, hyper, f"{f}: hyperparameters")
+    agent.hyperparameters = {**agent.hyperparameters, **hyper}
+    strategy = e.get("strategy", "uniform")
+    if strategy not in STRATEGIES:
+        raise SpecError(f"{f}: experiment.strategy: unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    vec_env = e.get("vec_env", "dummy")
+    if vec_env not in VEC_ENVS:
+        raise SpecError(f"{f}: experiment.vec_env: expected one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    device = e.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")
+    ev = check_keys(data.get("evaluation", {}), _EXP_EVAL_KEYS, f"{f}: evaluation")
+    sets = ev.get("sets")
+    if sets is not None:
+        if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
+            raise SpecError(f"{f}: evaluation.sets: expected a list of real set names")
+        for s in sets:
+            if s != "nominal" and s not in env.real_sets:
+                raise SpecError(f"{f}: evaluation.sets: unknown real set {s!r}; known: nominal, {', '.join(env.real_sets)}")
+    return ExperimentSpec(
+        name=str(e.get("name", path.stem)),
+        env=env,
+        agent=agent,
+        strategy=strategy,
+        timesteps=_positive_int(e.get("timesteps", 100_000), f"{f}: experiment.timesteps"),
+        seed=_positive_int(e.get("seed", 0), f"{f}: experiment.seed", allow_zero=True),
+        n_envs=_positive_int(e.get("n_envs", 4), f"{f}: experiment.n_envs"),
+        vec_env=vec_env,
+        normalize=bool(_typed(e.get("normalize", True), bool, f"{f}: experiment.normalize", "true or false")),
+        checkpoint_every=_positive_int(e.get("checkpoint_every", 0), f"{f}: experiment.checkpoint_every", allow_zero=True),
+        device=device,
+        eval_episodes=_positive_int(ev.get("episodes", 10), f"{f}: evaluation.episodes"),
+        eval_sets=sets,
+        eval_grid=bool(_typed(ev.get("grid", False), bool, f"{f}: evaluation.grid", "true or false")),
+        evaluate=bool(_typed(ev.get("enabled", True), bool, f"{f}: evaluation.enabled", "true or false")),
+        path=path,
+    )
+
+
+def _nested(fn, f: str, key: str) -> Any:
+    try:
+        return fn()
+    except SpecError as exc:
+        msg = str(exc)
+        # An error inside the env/agent file already names that file; one about finding
+        # it names this experiment's key.
+        if "not found" in msg.split(";")[0]:
+            raise SpecError(f"{f}: {key}: {msg}") from None
+        raise

@@ -1,0 +1,235 @@
+"""Sensor and actuator terms: observation noise/bias/scale and action latency.
+
+Their magnitudes are ordinary parameters with targets ``obs.noise_std[...]``,
+``obs.bias[...]``, ``obs.scale[...]`` (elements are observation indices: ``*``, ``3``,
+``0|2|5`` or a slice ``0:5``) and ``action.delay`` (control steps), so they can be randomized
+in training or shifted in a held-out set like any physical parameter.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rlsim2real.distributions import Distribution
+from rlsim2real.params import Param, ParamSpace, SpecError
+from rlsim2real.wrappers.base import RandomizationWrapper
+
+OBS_FIELDS = ("obs.noise_std", "obs.bias", "obs.scale")
+MAX_DELAY = 1000
+
+
+def _obs_indices(element: str | None, dim: int, where: str) -> np.ndarray:
+    if element is None or element == "*":
+        return np.arange(dim)
+    out: list[int] = []
+    for token in element.split("|"):
+        token = token.strip().lstrip("#")
+        try:
+            if ":" in token:
+                start, stop = (int(t) if t else None for t in token.split(":", 1))
+                out.extend(range(dim)[slice(start, stop)])
+            else:
+                out.append(int(token))
+        except ValueError:
+            raise SpecError(f"{where}: observation element {token!r} must be an index, a|b or a slice a:b") from None
+    bad = [i for i in out if not 0 <= i < dim]
+    if bad or not out:
+        raise SpecError(f"{where}: observation indices {bad or element} out of range 0..{dim - 1}")
+    return np.array(sorted(set(out)), dtype=np.intp)
+
+
+def _apply_mode(mode: str, nominal: np.ndarray, value: float) -> np.ndarray:
+    if mode == "scale":
+        return nominal * value
+    if mode == "add":
+        return nominal + value
+    return np.full_like(nominal, value)
+
+
+class ObservationNoise(RandomizationWrapper):
+    """Corrupt observations as a sensor would: ``obs * scale + bias + N(0, noise_std^2)``.
+
+    All three are per-dimension vectors whose nominal values are given here and whose
+    entries can be randomized by parameters (``obs.noise_std[*]``, ``obs.bias[0:3]``, ...).
+    Noise is drawn from this wrapper's own seeded generator, so seeded episodes repeat.
+
+    Args:
+        env: Env with a ``Box`` observation space.
+        space: Parameters with ``obs.*`` targets.
+        noise_std: Nominal noise standard deviation (scalar or per dimension).
+        bias: Nominal bias (scalar or per dimension).
+        scale: Nominal gain (scalar or per dimension).
+        distribution: What to sample; defaults to each Param's own range and dist.
+        seed: Seeds the sampler and the noise; ``reset(seed=s)`` re-seeds both.
+        resample_every: Also re-sample the magnitudes every this many steps.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = ObservationNoise(gym.make("InvertedPendulum-v5"),
+        ...                        [Param("bias", "obs.bias[0]", (0.1, 0.1), mode="abs")], seed=0)
+        >>> shifted, _ = env.reset(seed=1)
+        >>> clean, _ = gym.make("InvertedPendulum-v5").reset(seed=1)
+        >>> round(float(shifted[0] - clean[0]), 6)
+        0.1
+    """
+
+    kind = "obs"
+    salt = 0x5EED02
+
+    def __init__(
+        self,
+        env: gym.Env,
+        space: ParamSpace | Iterable[Param] = (),
+        noise_std: float | np.ndarray = 0.0,
+        bias: float | np.ndarray = 0.0,
+        scale: float | np.ndarray = 1.0,
+        distribution: Distribution | None = None,
+        seed: int | None = None,
+        resample_every: int | None = None,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self, space=space, noise_std=noise_std, bias=bias, scale=scale, distribution=distribution,
+            seed=seed, resample_every=resample_every,
+        )
+        super().__init__(env, space, distribution, seed, resample_every)
+        box = env.observation_space
+        if not isinstance(box, gym.spaces.Box):
+            raise SpecError(f"ObservationNoise needs a Box observation space, got {box}")
+        shape = box.shape
+        self._nominal = {
+            "obs.noise_std": np.broadcast_to(np.asarray(noise_std, dtype=np.float64), shape).copy(),
+            "obs.bias": np.broadcast_to(np.asarray(bias, dtype=np.float64), shape).copy(),
+            "obs.scale": np.broadcast_to(np.asarray(scale, dtype=np.float64), shape).copy(),
+        }
+        if np.any(self._nominal["obs.noise_std"] < 0):
+            raise SpecError("ObservationNoise: noise_std must be >= 0")
+        flat_dim = int(np.prod(shape))
+        self._targets: list[tuple[Param, str, np.ndarray]] = []
+        for p in self.space:
+            where = f"param {p.name!r}"
+            if p.parsed.field not in OBS_FIELDS:
+                raise SpecError(f"{where}: unknown sensor field {p.parsed.field!r}; expected one of {', '.join(OBS_FIELDS)}")
+            idx = _obs_indices(p.parsed.element, flat_dim, where)
+            self._targets.append((p, p.parsed.field, idx))
+            for value in p.range:
+                self._check_value(p.name, value)
+        self._current = {k: v.copy() for k, v in self._nominal.items()}
+        self._identity = True
+
+    def nominal_value(self, name: str) -> float:
+        p, field, idx = self._targets[self.space.index(name)]
+        if p.identity is not None:
+            return p.identity
+        return float(np.mean(self._nominal[field].reshape(-1)[idx]))
+
+    def _check_value(self, name: str, value: float) -> None:
+        p, field, idx = self._targets[self.space.index(name)]
+        if field == "obs.noise_std":
+            new = _apply_mode(p.mode, self._nominal[field].reshape(-1)[idx], value)
+            if np.any(new < 0):
+                raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
+
+    def _apply(self, values: dict[str, float]) -> None:
+        current = {k: v.copy().reshape(-1) for k, v in self._nominal.items()}
+        for p, field, idx in self._targets:
+            current[field][idx] = _apply_mode(p.mode, self._nominal[field].reshape(-1)[idx], values[p.name])
+        shape = self.observation_space.shape
+        self._current = {k: v.reshape(shape) for k, v in current.items()}
+        self._identity = (
+            not np.any(self._current["obs.noise_std"])
+            and not np.any(self._current["obs.bias"])
+            and bool(np.all(self._current["obs.scale"] == 1.0))
+        )
+
+    def _observe(self, obs: Any) -> Any:
+        if self._identity:
+            return obs
+        c = self._current
+        out = obs * c["obs.scale"] + c["obs.bias"]
+        std = c["obs.noise_std"]
+        if np.any(std):
+            out = out + std * self._rng.standard_normal(std.shape)
+        return out.astype(np.asarray(obs).dtype, copy=False)
+
+
+class ActionDelay(RandomizationWrapper):
+    """Apply each action ``delay`` control steps late, as a slow actuator or bus would.
+
+    Until ``delay`` actions have been queued in an episode, the env receives zeros (clipped
+    into the action space). The delay is a parameter with target ``action.delay`` (rounded
+    to whole steps), so it can be randomized per episode.
+
+    Args:
+        env: Env with a ``Box`` action space.
+        space: At most one parameter, with target ``action.delay``.
+        delay: Nominal delay in control steps.
+        distribution: What to sample; defaults to the Param's own range and dist.
+        seed: Seeds the sampler; ``reset(seed=s)`` re-seeds it.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = ActionDelay(gym.make("InvertedPendulum-v5"), delay=2, seed=0)
+        >>> _ = env.reset(seed=0)
+        >>> env.get_wrapper_attr("delay")
+        2
+    """
+
+    kind = "action"
+    salt = 0x5EED03
+
+    def __init__(
+        self,
+        env: gym.Env,
+        space: ParamSpace | Iterable[Param] = (),
+        delay: int = 0,
+        distribution: Distribution | None = None,
+        seed: int | None = None,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, space=space, delay=delay, distribution=distribution, seed=seed)
+        super().__init__(env, space, distribution, seed)
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise SpecError(f"ActionDelay needs a Box action space, got {env.action_space}")
+        if len(self.space) > 1 or any(p.parsed.field != "action.delay" for p in self.space):
+            raise SpecError(f"ActionDelay takes one parameter with target 'action.delay', got {list(self.space.names)}")
+        self._nominal_delay = int(delay)
+        for p in self.space:
+            for value in p.range:
+                self._check_value(p.name, value)
+        self._check_delay(self._nominal_delay, "ActionDelay: delay")
+        low, high = env.action_space.low, env.action_space.high
+        self._neutral = np.clip(np.zeros(env.action_space.shape, dtype=env.action_space.dtype), low, high)
+        self.delay = self._nominal_delay
+        self._queue: deque = deque()
+
+    @staticmethod
+    def _check_delay(delay: float, where: str) -> None:
+        if not 0 <= round(delay) <= MAX_DELAY:
+            raise SpecError(f"{where}: delay {delay:g} must be between 0 and {MAX_DELAY} control steps")
+
+    def nominal_value(self, name: str) -> float:
+        identity = self.space[name].identity
+        return float(self._nominal_delay) if identity is None else identity
+
+    def _check_value(self, name: str, value: float) -> None:
+        self._check_delay(self._delay_for(name, value), f"param {name!r}")
+
+    def _delay_for(self, name: str, value: float) -> float:
+        return float(_apply_mode(self.space[name].mode, np.array([float(self._nominal_delay)]), value)[0])
+
+    def _apply(self, values: dict[str, float]) -> None:
+        delay = self._nominal_delay
+        for p in self.space:
+            delay = int(round(self._delay_for(p.name, values[p.name])))
+        self.delay = delay
+        self._queue = deque(self._neutral.copy() for _ in range(delay))
+
+    def _act(self, action: Any) -> Any:
+        if self.delay == 0:
+            return action
+        self._queue.append(np.array(action, copy=True))
+        return self._queue.popleft()

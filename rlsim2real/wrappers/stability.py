@@ -1,0 +1,90 @@
+"""Catch unstable simulation before it crashes a worker."""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import math
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+_BAD_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQACC,
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADCTRL,
+)
+
+
+class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """End an episode as truncated when the physics goes unstable.
+
+    MuJoCo meets a diverging state (NaN/inf in ``qpos``, ``qvel`` or ``qacc``) by resetting
+    its data and counting a warning; an env that carries on from there returns garbage
+    without anyone noticing, and one that returns NaN observations crashes the learner.
+    This wrapper checks the warning counters and the state after every step; on trouble
+    it returns the last finite observation, reward 0, ``truncated=True`` and the reason in
+    ``info["instability"]``.
+
+    Args:
+        env: A MuJoCo Gymnasium env.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = PhysicsGuard(gym.make("InvertedPendulum-v5"))
+        >>> _ = env.reset(seed=0)
+        >>> env.unwrapped.data.qvel[:] = float("nan")
+        >>> _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        >>> truncated, "qvel" in info["instability"] or "warning" in info["instability"]
+        (True, True)
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        self._data: mujoco.MjData = env.unwrapped.data
+        self._last_obs: Any = None
+        self._counts = self._warning_counts()
+
+    def _warning_counts(self) -> tuple[int, ...]:
+        numbers = self._data.warning.number
+        return tuple(int(numbers[w]) for w in _BAD_WARNINGS)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._data = self.env.unwrapped.data
+        self._counts = self._warning_counts()
+        self._last_obs = obs
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reason = self._diagnose(obs, reward)
+        if reason is None:
+            self._last_obs = obs
+            return obs, reward, terminated, truncated, info
+        info["instability"] = reason
+        safe_obs = self._last_obs if self._last_obs is not None else np.zeros_like(obs)
+        return safe_obs, 0.0, terminated, True, info
+
+    def _diagnose(self, obs: Any, reward: SupportsFloat) -> str | None:
+        d = self._data
+        # The cheap checks run every step (this is on the hot path): MuJoCo counts a
+        # warning when it resets a diverged state, and NaN/inf anywhere survives a sum.
+        counts = self._warning_counts()
+        if counts == self._counts and math.isfinite(float(np.sum(obs)) + float(reward)):
+            return None
+        if counts != self._counts:
+            fired = [w.name for w, a, b in zip(_BAD_WARNINGS, counts, self._counts) if a != b]
+            self._counts = counts
+            return f"MuJoCo warning {', '.join(fired)} at time {d.time:.4f}"
+        for name in ("qpos", "qvel", "qacc"):
+            if not np.all(np.isfinite(getattr(d, name))):
+                return f"non-finite {name} at time {d.time:.4f}"
+        if not np.all(np.isfinite(obs)):
+            return "non-finite observation"
+        if not np.isfinite(float(reward)):
+            return "non-finite reward"
+        return None
