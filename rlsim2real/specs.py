@@ -187,6 +187,33 @@ class EnvSpec:
             raise SpecError(f"{self.source}: unknown real set {name!r}; known real sets: {known}")
         return dict(self.real_sets[name])
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EnvSpec":
+        """Rebuild a spec from :meth:`to_dict` output (a run's config.json)."""
+
+        def space(items: list[dict[str, Any]]) -> ParamSpace:
+            return ParamSpace(
+                Param(i["name"], i["target"], tuple(i["range"]), i["mode"], i["dist"], i.get("mean"), i.get("std"))
+                for i in items
+            )
+
+        grid = d.get("grid")
+        return cls(
+            name=d["name"],
+            env_id=d.get("id"),
+            entry_point=d.get("entry_point"),
+            kwargs=dict(d.get("kwargs") or {}),
+            max_episode_steps=d.get("max_episode_steps"),
+            params=space(d.get("params", [])),
+            heldout_params=space(d.get("heldout_params", [])),
+            real_sets={k: dict(v) for k, v in (d.get("real_sets") or {}).items()},
+            resample_every=d.get("resample_every"),
+            success_return=d.get("success_return"),
+            grid=None if grid is None else GridSpec(grid["x"], grid["y"], tuple(grid["x_values"]), tuple(grid["y_values"])),
+            description=d.get("description", ""),
+            path=Path(d["path"]) if d.get("path") else None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (written into a run's config.json)."""
         return {
@@ -202,6 +229,7 @@ class EnvSpec:
             "resample_every": self.resample_every,
             "success_return": self.success_return,
             "grid": None if self.grid is None else self.grid.__dict__,
+            "description": self.description,
         }
 
 
@@ -426,7 +454,19 @@ _RUNNER_OWNED = ("policy", "env", "policy_kwargs", "seed", "device", "tensorboar
 def check_hyperparameters(algorithm: str, hyper: Mapping[str, Any], where: str) -> None:
     """Raise :class:`SpecError` if a key is not a constructor argument of the algorithm."""
     cls = algorithm_class(algorithm)
-    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs", *_RUNNER_OWNED)]
+    accepted: list[str] = []
+    # A subclass may take (*args, dann=..., **kwargs): collect named arguments down the MRO
+    # until a constructor that takes no **kwargs.
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        sig = inspect.signature(klass.__init__).parameters
+        for n, prm in sig.items():
+            if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and n not in ("self", *_RUNNER_OWNED):
+                if n not in accepted:
+                    accepted.append(n)
+        if not any(prm.kind == prm.VAR_KEYWORD for prm in sig.values()):
+            break
     for key in hyper:
         if key not in accepted:
             raise SpecError(f"{where}: unknown hyperparameter {key!r} for {algorithm}; expected one of {', '.join(accepted)}")

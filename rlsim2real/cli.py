@@ -1,0 +1,121 @@
+"""The ``rlsim2real`` command line: ``envs``, ``train``, ``evaluate``.
+
+Bad input (a spec error, an unknown set, a missing run) prints one line naming the place
+and what was expected, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rlsim2real.params import SpecError
+
+
+def _cmd_envs(args: argparse.Namespace) -> int:
+    from rlsim2real.specs import load_env_spec, spec_dirs
+
+    if args.names:
+        names = args.names
+    else:
+        seen: dict[str, Path] = {}
+        for d in spec_dirs("envs"):
+            for p in sorted(d.glob("*.toml")) if d.is_dir() else ():
+                seen.setdefault(p.stem, p)
+        names = [str(p) for p in seen.values()]
+    for name in names:
+        spec = load_env_spec(name)
+        base = spec.env_id or spec.entry_point
+        print(f"{spec.name}  ({base})  {spec.path}")
+        if spec.description:
+            print(f"  {spec.description}")
+        for title, space in (("training box", spec.params), ("held out of training", spec.heldout_params)):
+            if len(space):
+                print(f"  {title}:")
+            for p in space:
+                rng = f"[{p.low:g}, {p.high:g}]" if p.low != p.high else f"{p.low:g}"
+                print(f"    {p.name:<24} {p.target:<26} {p.mode:<5} {rng:<14} {p.dist}")
+        print("  real sets:")
+        for set_name, values in spec.real_sets.items():
+            shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+            print(f"    {set_name:<24} {shown}")
+        print()
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlsim2real.training import train
+
+    run = train(
+        args.experiment,
+        timesteps=args.timesteps,
+        seed=args.seed,
+        out=args.out,
+        device=args.device,
+        resume=args.resume,
+        evaluate=False if args.no_eval else None,
+        progress_bar=args.progress,
+        verbose=args.verbose,
+    )
+    print(f"run written to {run.path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rlsim2real.evaluation import evaluate_transfer
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
+    report = evaluate_transfer(args.run_dir, episodes=args.episodes, sets=sets, grid=args.grid, device=args.device)
+    print(report.table())
+    written = ["transfer.json", "transfer.md"] + (["transfer.png"] if args.grid else [])
+    print(f"wrote {', '.join(str(Path(args.run_dir) / w) for w in written)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlsim2real", description="Sim-to-real RL for MuJoCo.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("envs", help="list env specs, their parameters and real sets")
+    p.add_argument("names", nargs="*", help="spec names or paths (default: every spec found)")
+    p.set_defaults(func=_cmd_envs)
+
+    p = sub.add_parser("train", help="train from an experiment file, then evaluate transfer")
+    p.add_argument("experiment", help="experiment name or .toml path")
+    p.add_argument("--timesteps", type=int, help="total environment steps (overrides the spec)")
+    p.add_argument("--seed", type=int, help="seed (overrides the spec)")
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the spec's)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the transfer evaluation at the end")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="print SB3's log table")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on held-out real sets")
+    p.add_argument("run_dir", help="a run directory written by train")
+    p.add_argument("--sets", help="comma-separated set names (default: nominal and every real set)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per set (default 10)")
+    p.add_argument("--grid", action="store_true", help="also sweep the spec's 2-D grid and draw transfer.png")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlsim2real`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"rlsim2real: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlsim2real: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

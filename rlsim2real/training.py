@@ -1,0 +1,263 @@
+"""Train a policy from an experiment spec: ``rs.train(...)`` / ``rlsim2real train``.
+
+The learner process owns the strategy (and so the randomization distribution) and pushes
+it to every env worker; each worker samples its own parameters with its own seed. Every
+``checkpoint_every`` steps the model, its ``VecNormalize`` statistics and the strategy state
+are written together, atomically; ``resume=True`` continues from the newest checkpoint with
+the step count, normalization and distribution it had.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+from rlsim2real.distributions import Distribution
+from rlsim2real.factory import make_env
+from rlsim2real.io import atomic_write, write_json
+from rlsim2real.params import SpecError
+from rlsim2real.runs import Run
+from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
+from rlsim2real.strategies import Strategy, make_strategy
+
+
+def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
+    def build():
+        return Monitor(make_env(spec, seed=seed, distribution=distribution))
+
+    return build
+
+
+def make_vec_env(spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy") -> VecEnv:
+    """``n_envs`` randomized workers; worker ``i`` is seeded ``seed + i``.
+
+    Args:
+        spec: The env spec.
+        n_envs: Number of workers.
+        seed: Base seed.
+        distribution: The initial distribution every worker samples from.
+        kind: ``"dummy"`` (in process) or ``"subproc"`` (one process per worker).
+    """
+    fns = [_worker(spec, seed + i, distribution) for i in range(n_envs)]
+    venv = SubprocVecEnv(fns) if kind == "subproc" else DummyVecEnv(fns)
+    venv.seed(seed)
+    return venv
+
+
+class RandomizationLogger(BaseCallback):
+    """Logs what the workers ran on (``dr/``) and counts unstable episodes."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.instabilities = 0
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            if "instability" in info:
+                self.instabilities += 1
+        return True
+
+    def _on_rollout_end(self) -> None:
+        params = self.training_env.get_attr("params")
+        for name in params[0] if params else ():
+            self.logger.record(f"dr/{name}", float(np.mean([p[name] for p in params])))
+        self.logger.record("dr/entropy", self.strategy.distribution.entropy())
+        self.logger.record("dr/unstable_episodes", self.instabilities)
+
+
+class RunCheckpoint(BaseCallback):
+    """Every ``every`` steps, save model + normalization + strategy state together, atomically."""
+
+    def __init__(self, run_dir: Path, every: int, strategy: Strategy) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.every = every
+        self.strategy = strategy
+        self._next = 0
+
+    def _init_callback(self) -> None:
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next = (self.num_timesteps // self.every + 1) * self.every
+            folder = self.run_dir / "checkpoints" / f"step_{self.num_timesteps:09d}"
+            save_artifacts(self.model, self.strategy, folder)
+        return True
+
+
+def save_artifacts(model: Any, strategy: Strategy, folder: Path) -> None:
+    """Write ``model.zip``, ``vecnormalize.pkl`` and ``strategy.json`` into ``folder``.
+
+    Each file is renamed into place after it is complete; ``model.zip`` goes last, so a
+    folder with a ``model.zip`` always has the rest.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    venv = model.get_env()
+    if isinstance(venv, VecNormalize):
+        atomic_write(folder / "vecnormalize.pkl", lambda p: _pickle_vecnormalize(venv, p))
+    write_json(folder / "strategy.json", strategy.state_dict())
+    atomic_write(folder / "model.zip", lambda p: model.save(p), suffix=".zip")
+
+
+def _pickle_vecnormalize(venv: VecNormalize, path: Path) -> None:
+    # VecNormalize.save pickles the wrapper without its venv; do the same into our path.
+    with open(path, "wb") as fh:
+        pickle.dump(venv, fh)
+
+
+def _out_dir(spec: ExperimentSpec, out: str | os.PathLike | None, resume: bool) -> Path:
+    if out is not None:
+        path = Path(out)
+        if resume:
+            if not (path / "config.json").is_file():
+                raise SpecError(f"{path}: cannot resume: not a run directory (no config.json)")
+            return path
+        if path.exists() and any(path.iterdir()):
+            raise SpecError(f"{path}: output directory exists and is not empty; pass resume=True / --resume to continue it")
+        return path
+    base = Path("runs") / spec.name
+    if resume:
+        return base
+    path, i = base, 1
+    while path.exists() and any(path.iterdir()):
+        i += 1
+        path = base.with_name(f"{spec.name}_{i}")
+    return path
+
+
+def train(
+    experiment: str | os.PathLike | ExperimentSpec,
+    timesteps: int | None = None,
+    seed: int | None = None,
+    out: str | os.PathLike | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    evaluate: bool | None = None,
+    progress_bar: bool | None = None,
+    verbose: int = 0,
+) -> Run:
+    """Train the experiment's agent on its randomized env; evaluate transfer at the end.
+
+    Args:
+        experiment: An experiment name, ``.toml`` path or :class:`ExperimentSpec`.
+        timesteps: Total environment steps (overrides the spec).
+        seed: Seed (overrides the spec).
+        out: Run directory (default ``runs/<name>``, numbered if taken).
+        device: ``auto``, ``cpu`` or ``cuda`` (overrides the spec).
+        resume: Continue the run in ``out`` from its newest checkpoint.
+        evaluate: Evaluate on the held-out sets at the end (default: the spec's setting).
+        progress_bar: Show SB3's progress bar (default: when stderr is a terminal).
+        verbose: SB3 verbosity; 1 also prints the log table.
+
+    Returns:
+        The finished :class:`Run`.
+
+    Raises:
+        SpecError: on invalid specs or an unusable output directory, before anything is written.
+    """
+    spec = experiment if isinstance(experiment, ExperimentSpec) else load_experiment_spec(experiment)
+    spec = replace(
+        spec,
+        timesteps=spec.timesteps if timesteps is None else int(timesteps),
+        seed=spec.seed if seed is None else int(seed),
+        device=spec.device if device is None else device,
+    )
+    if spec.timesteps < 1:
+        raise SpecError(f"timesteps must be positive, got {spec.timesteps}")
+    run_dir = _out_dir(spec, out, resume)
+    checkpoint = None
+    if resume:
+        run = Run.open(run_dir)
+        ckpts = run.checkpoints()
+        if not ckpts:
+            raise SpecError(f"{run_dir}: cannot resume: no checkpoint yet")
+        checkpoint = ckpts[-1]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = spec.to_dict()
+    if not resume:
+        write_json(run_dir / "config.json", config)
+    write_json(run_dir / "run.json", {"status": "running", "timesteps": 0})
+
+    strategy = make_strategy(spec.strategy, spec.env)
+    if checkpoint is not None:
+        import json
+
+        strategy.load_state_dict(json.loads((checkpoint / "strategy.json").read_text()))
+    venv = make_vec_env(spec.env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env)
+    if spec.normalize:
+        stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
+        venv = VecNormalize.load(str(stats), venv) if stats and stats.is_file() else VecNormalize(venv)
+        venv.training = True
+    strategy.broadcast(venv)
+
+    cls = algorithm_class(spec.agent.algorithm)
+    if checkpoint is not None:
+        model = cls.load(checkpoint / "model.zip", env=venv, device=spec.device)
+    else:
+        model = cls(
+            spec.agent.policy,
+            venv,
+            seed=spec.seed,
+            device=spec.device,
+            verbose=verbose,
+            policy_kwargs=_policy_kwargs(spec.agent.policy_kwargs),
+            **spec.agent.hyperparameters,
+        )
+    formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
+    model.set_logger(configure(str(run_dir / "logs"), formats))
+    callbacks: list[BaseCallback] = [RandomizationLogger(strategy)]
+    if spec.checkpoint_every:
+        callbacks.append(RunCheckpoint(run_dir, spec.checkpoint_every, strategy))
+    remaining = spec.timesteps - model.num_timesteps
+    start = time.time()
+    if progress_bar is None:
+        progress_bar = sys.stderr.isatty()
+    try:
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                reset_num_timesteps=checkpoint is None,
+                progress_bar=progress_bar,
+            )
+        save_artifacts(model, strategy, run_dir)
+    finally:
+        venv.close()
+    write_json(
+        run_dir / "run.json",
+        {"status": "complete", "timesteps": int(model.num_timesteps), "wall_seconds": round(time.time() - start, 2)},
+    )
+    run = Run.open(run_dir)
+    if spec.evaluate if evaluate is None else evaluate:
+        from rlsim2real.evaluation import evaluate_transfer
+
+        report = evaluate_transfer(run, episodes=spec.eval_episodes, sets=spec.eval_sets, grid=spec.eval_grid)
+        print(report.table())
+    return run
+
+
+def _policy_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
+    # TOML has no Python objects: activation functions are named ("tanh", "relu", ...).
+    import torch.nn as nn
+
+    out = dict(raw)
+    act = out.get("activation_fn")
+    if isinstance(act, str):
+        table = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+        if act.lower() not in table:
+            raise SpecError(f"policy_kwargs.activation_fn: expected one of {', '.join(table)}, got {act!r}")
+        out["activation_fn"] = table[act.lower()]
+    return out

@@ -1,0 +1,202 @@
+"""Rollouts as plain arrays (obs, actions, rewards, qpos, qvel) with ``.npz`` I/O.
+
+Trajectories are arrays in a file, not simulator objects, so logs from a real robot load
+the same way (``qpos``/``qvel`` may be absent there).
+
+Example:
+    >>> import rlsim2real as rs
+    >>> env = rs.make_real_env("inverted_pendulum", "heavy_pole", seed=0)
+    >>> trajs = rs.collect_trajectories(env, policy=None, episodes=2, seed=0)
+    >>> trajs.n_episodes, trajs.obs.shape[1]
+    (2, 4)
+    >>> len(trajs.episode(0)["obs"]) == trajs.lengths[0]
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rlsim2real.io import atomic_write
+from rlsim2real.params import SpecError
+
+_ARRAYS = ("obs", "actions", "rewards", "qpos", "qvel")
+
+
+@dataclass
+class Trajectories:
+    """Episodes stored back to back.
+
+    Attributes:
+        obs: Observations before each action, shape (T, *obs_shape).
+        actions: Actions, shape (T, *action_shape).
+        rewards: Rewards, shape (T,).
+        lengths: Steps per episode, shape (n_episodes,); sums to T.
+        qpos: Simulator positions before each action, shape (T, nq), or ``None``.
+        qvel: Simulator velocities before each action, shape (T, nv), or ``None``.
+        params: Per-episode parameter values the episodes ran on (may be empty).
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    lengths: np.ndarray
+    qpos: np.ndarray | None = None
+    qvel: np.ndarray | None = None
+    params: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate("trajectories")
+
+    @property
+    def n_episodes(self) -> int:
+        return int(len(self.lengths))
+
+    def episode(self, i: int) -> dict[str, np.ndarray]:
+        """Arrays of episode ``i`` (views)."""
+        start = int(np.sum(self.lengths[:i]))
+        stop = start + int(self.lengths[i])
+        out = {k: getattr(self, k)[start:stop] for k in _ARRAYS if getattr(self, k) is not None}
+        return out
+
+    def returns(self) -> np.ndarray:
+        """Undiscounted return of each episode, shape (n_episodes,)."""
+        starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.intp)
+        return np.add.reduceat(self.rewards, starts) if len(self.rewards) else np.zeros(0)
+
+    def validate(self, where: str) -> None:
+        """Raise :class:`SpecError` (naming ``where``) on empty, mismatched or non-finite data."""
+        if self.lengths.ndim != 1 or len(self.lengths) == 0 or np.any(self.lengths <= 0):
+            raise SpecError(f"{where}: expected at least one episode with a positive length, got lengths {self.lengths.tolist()}")
+        total = int(np.sum(self.lengths))
+        for name in _ARRAYS:
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            if arr.shape[0] != total:
+                raise SpecError(f"{where}: '{name}' has {arr.shape[0]} rows; expected {total} (the sum of 'lengths')")
+            if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+                raise SpecError(f"{where}: '{name}' holds NaN or inf values")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a compressed ``.npz`` atomically."""
+        arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
+        arrays["lengths"] = self.lengths
+        arrays["params"] = np.array(json.dumps(self.params))
+        return atomic_write(path, lambda p: _savez(p, arrays), suffix=".npz")
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def load_trajectories(path: str | os.PathLike) -> Trajectories:
+    """Load a file written by :meth:`Trajectories.save` (or any ``.npz`` with those arrays).
+
+    Required arrays: ``obs``, ``actions``, ``rewards``; ``lengths`` (one episode if absent);
+    optional ``qpos``, ``qvel``, ``params`` (JSON).
+
+    Raises:
+        SpecError: naming the file, on a missing, corrupt, empty or non-finite file.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise SpecError(f"{where}: no such trajectory file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise SpecError(f"{where}: not a readable .npz trajectory file ({exc})") from None
+    missing = [k for k in ("obs", "actions", "rewards") if k not in arrays]
+    if missing:
+        raise SpecError(f"{where}: missing arrays {', '.join(missing)}; expected obs, actions, rewards[, lengths, qpos, qvel]")
+    if len(arrays["obs"]) == 0:
+        raise SpecError(f"{where}: the file holds no steps")
+    lengths = arrays.get("lengths", np.array([len(arrays["obs"])]))
+    params = json.loads(str(arrays["params"])) if "params" in arrays else []
+    try:
+        return Trajectories(
+            obs=arrays["obs"], actions=arrays["actions"], rewards=arrays["rewards"].reshape(-1),
+            lengths=np.asarray(lengths, dtype=np.int64).reshape(-1),
+            qpos=arrays.get("qpos"), qvel=arrays.get("qvel"), params=params,
+        )
+    except SpecError as exc:
+        raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def collect_trajectories(
+    env: gym.Env,
+    policy: Any = None,
+    episodes: int = 1,
+    seed: int | None = None,
+    deterministic: bool = True,
+    max_steps: int | None = None,
+) -> Trajectories:
+    """Roll out ``episodes`` episodes and record them as arrays.
+
+    Args:
+        env: Any Gymnasium env; ``qpos``/``qvel`` are recorded when ``env.unwrapped`` is a
+            MuJoCo env.
+        policy: ``None`` for uniform random actions; an SB3 model or
+            :class:`~rlsim2real.evaluation.RunPolicy` (anything with
+            ``predict(obs, state, episode_start, deterministic)``); or a callable
+            ``obs -> action``.
+        episodes: How many episodes.
+        seed: Seeds the first reset (episode i uses ``seed + i``) and random actions.
+        deterministic: Passed to ``predict``.
+        max_steps: Cut each episode after this many steps.
+
+    Returns:
+        The episodes.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(None if seed is None else int(rng.integers(2**31)))
+    data = getattr(env.unwrapped, "data", None)
+    rows: dict[str, list] = {k: [] for k in _ARRAYS}
+    lengths, params = [], []
+    for ep in range(episodes):
+        obs, info = env.reset(seed=None if seed is None else seed + ep)
+        params.append(dict(info.get("dr_params", {})))
+        state, start, steps, done = None, np.ones((1,), dtype=bool), 0, False
+        while not done:
+            if policy is None:
+                action = env.action_space.sample()
+            elif hasattr(policy, "predict"):
+                action, state = policy.predict(obs[None], state=state, episode_start=start, deterministic=deterministic)
+                action = action[0]
+            else:
+                action = policy(obs)
+            start = np.zeros((1,), dtype=bool)
+            rows["obs"].append(np.array(obs, copy=True))
+            rows["actions"].append(np.array(action, copy=True))
+            if data is not None:
+                rows["qpos"].append(data.qpos.copy())
+                rows["qvel"].append(data.qvel.copy())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rows["rewards"].append(float(reward))
+            steps += 1
+            done = terminated or truncated or (max_steps is not None and steps >= max_steps)
+        lengths.append(steps)
+    return Trajectories(
+        obs=np.asarray(rows["obs"]), actions=np.asarray(rows["actions"]), rewards=np.asarray(rows["rewards"]),
+        lengths=np.asarray(lengths, dtype=np.int64),
+        qpos=np.asarray(rows["qpos"]) if rows["qpos"] else None,
+        qvel=np.asarray(rows["qvel"]) if rows["qvel"] else None,
+        params=params,
+    )
