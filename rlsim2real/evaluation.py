@@ -188,6 +188,82 @@ def _success(spec: EnvSpec, ret: float, terminated: bool, truncated: bool, unsta
     return truncated and not terminated
 
 
+@dataclass(frozen=True)
+class _Episode:
+    ret: float
+    length: int
+    success: bool
+    params: dict[str, float]
+
+
+def run_episodes(
+    policy: Any,
+    spec: EnvSpec,
+    jobs: Sequence[tuple[str | Mapping[str, float], int]],
+    deterministic: bool = True,
+    batch: int = 128,
+) -> list[_Episode]:
+    """Run one episode per job ``(configuration, seed)``, all in lockstep.
+
+    Every active episode steps together, so a policy runs one batched forward pass per
+    step for up to ``batch`` episodes at once (the sets and the grid cells of a report
+    share those passes).
+
+    Args:
+        policy: Anything with SB3's ``predict(obs, state, episode_start, deterministic)``.
+        spec: The env spec.
+        jobs: ``(real set name | "nominal" | {param: value}, seed)`` per episode.
+        deterministic: Act with the mode of the action distribution.
+        batch: Most episodes stepped together.
+    """
+    out: list[_Episode] = []
+    for lo in range(0, len(jobs), batch):
+        out.extend(_lockstep(policy, spec, jobs[lo : lo + batch], deterministic))
+    return out
+
+
+def _lockstep(policy: Any, spec: EnvSpec, jobs: Sequence[tuple[Any, int]], deterministic: bool) -> list[_Episode]:
+    n = len(jobs)
+    envs = [make_real_env(spec, values, seed=seed) for values, seed in jobs]
+    first = [env.reset() for env in envs]
+    obs = np.stack([o for o, _ in first])
+    params = [dict(info.get("dr_params", {})) for _, info in first]
+    returns = np.zeros(n)
+    lengths = np.zeros(n, dtype=np.int64)
+    success = np.zeros(n, dtype=bool)
+    active = np.ones(n, dtype=bool)
+    state, starts = None, np.ones(n, dtype=bool)
+    try:
+        while active.any():
+            actions, state = policy.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
+            starts = np.zeros(n, dtype=bool)
+            for i in np.flatnonzero(active):
+                o, r, terminated, truncated, info = envs[i].step(actions[i])
+                obs[i] = o
+                returns[i] += float(r)
+                lengths[i] += 1
+                if terminated or truncated:
+                    active[i] = False
+                    success[i] = _success(spec, returns[i], terminated, truncated, "instability" in info)
+    finally:
+        for env in envs:
+            env.close()
+    return [_Episode(float(returns[i]), int(lengths[i]), bool(success[i]), params[i]) for i in range(n)]
+
+
+def _summarize(episodes: Sequence[_Episode]) -> SetResult:
+    returns = np.array([e.ret for e in episodes])
+    return SetResult(
+        mean_return=float(returns.mean()),
+        std_return=float(returns.std()),
+        episodes=len(episodes),
+        success_rate=float(np.mean([e.success for e in episodes])),
+        params=episodes[0].params,
+        returns=returns.tolist(),
+        lengths=[e.length for e in episodes],
+    )
+
+
 def evaluate_policy(
     policy: Any,
     spec: EnvSpec,
@@ -198,8 +274,7 @@ def evaluate_policy(
 ) -> SetResult:
     """Run ``episodes`` episodes of ``policy`` on one fixed configuration, batched.
 
-    All episodes step in lockstep, so a recurrent policy runs one batched forward pass per
-    step; episode ``i`` is seeded ``seed + i``.
+    Episode ``i`` is seeded ``seed + i``.
 
     Args:
         policy: A :class:`RunPolicy`, an SB3 model, or anything with SB3's ``predict``.
@@ -212,53 +287,34 @@ def evaluate_policy(
     Returns:
         The returns, lengths and success rate.
     """
-    envs = [make_real_env(spec, values, seed=seed + i) for i in range(episodes)]
-    first = [env.reset() for env in envs]
-    obs = np.stack([o for o, _ in first])
-    params = dict(first[0][1].get("dr_params", {}))
-    returns = np.zeros(episodes)
-    lengths = np.zeros(episodes, dtype=np.int64)
-    success = np.zeros(episodes, dtype=bool)
-    active = np.ones(episodes, dtype=bool)
-    state, starts = None, np.ones(episodes, dtype=bool)
-    try:
-        while active.any():
-            actions, state = policy.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
-            starts = np.zeros(episodes, dtype=bool)
-            for i in np.flatnonzero(active):
-                o, r, terminated, truncated, info = envs[i].step(actions[i])
-                obs[i] = o
-                returns[i] += float(r)
-                lengths[i] += 1
-                if terminated or truncated:
-                    active[i] = False
-                    success[i] = _success(spec, returns[i], terminated, truncated, "instability" in info)
-    finally:
-        for env in envs:
-            env.close()
-    return SetResult(
-        mean_return=float(returns.mean()),
-        std_return=float(returns.std()),
-        episodes=episodes,
-        success_rate=float(success.mean()),
-        params=params,
-        returns=returns.tolist(),
-        lengths=lengths.tolist(),
-    )
+    return _summarize(run_episodes(policy, spec, [(values, seed + i) for i in range(episodes)], deterministic))
+
+
+def _grid_jobs(grid: GridSpec, episodes: int, seed: int) -> list[tuple[dict[str, float], int]]:
+    return [
+        ({grid.x: xv, grid.y: yv}, seed + k)
+        for yv in grid.y_values
+        for xv in grid.x_values
+        for k in range(episodes)
+    ]
+
+
+def _grid_result(spec: EnvSpec, grid: GridSpec, episodes: int, results: Sequence[_Episode]) -> GridResult:
+    nx = len(grid.x_values)
+    means = [[0.0] * nx for _ in grid.y_values]
+    succ = [[0.0] * nx for _ in grid.y_values]
+    for cell in range(nx * len(grid.y_values)):
+        r = _summarize(results[cell * episodes : (cell + 1) * episodes])
+        means[cell // nx][cell % nx], succ[cell // nx][cell % nx] = r.mean_return, r.success_rate
+    box = {p.name: list(p.range) for p in spec.params if p.name in (grid.x, grid.y)}
+    return GridResult(grid.x, grid.y, list(grid.x_values), list(grid.y_values), means, succ, episodes, box)
 
 
 def evaluate_grid(
     policy: Any, spec: EnvSpec, grid: GridSpec, episodes: int = 5, seed: int = 0
 ) -> GridResult:
     """Mean return over every (x, y) pair of ``grid``; other parameters stay nominal."""
-    means = [[0.0] * len(grid.x_values) for _ in grid.y_values]
-    succ = [[0.0] * len(grid.x_values) for _ in grid.y_values]
-    for j, yv in enumerate(grid.y_values):
-        for i, xv in enumerate(grid.x_values):
-            r = evaluate_policy(policy, spec, {grid.x: xv, grid.y: yv}, episodes, seed)
-            means[j][i], succ[j][i] = r.mean_return, r.success_rate
-    box = {p.name: list(p.range) for p in spec.params if p.name in (grid.x, grid.y)}
-    return GridResult(grid.x, grid.y, list(grid.x_values), list(grid.y_values), means, succ, episodes, box)
+    return _grid_result(spec, grid, episodes, run_episodes(policy, spec, _grid_jobs(grid, episodes, seed)))
 
 
 def plot_grid(grid: GridResult, path: str | os.PathLike) -> Path:
@@ -352,12 +408,21 @@ def evaluate_transfer(
             spec.real_set(name)  # unknown names fail before any episode runs
     if grid is True and spec.grid is None:
         raise SpecError(f"{spec.source}: evaluation.grid is not set; add one to evaluate a grid")
+    from rlsim2real.training import limit_torch_threads
+
+    limit_torch_threads()
     policy = RunPolicy.from_run(run, device=device)
-    results = {name: evaluate_policy(policy, spec, name, episodes, seed) for name in names}
+    jobs: list[tuple[Any, int]] = [(name, seed + i) for name in names for i in range(episodes)]
+    gspec = (spec.grid if grid is True else grid) or None
+    n_grid = grid_episodes or min(episodes, 5)
+    if gspec is not None:
+        jobs += _grid_jobs(gspec, n_grid, seed)
+    # Sets and grid cells run together, so the policy's forward passes are shared.
+    done = run_episodes(policy, spec, jobs)
+    results = {name: _summarize(done[k * episodes : (k + 1) * episodes]) for k, name in enumerate(names)}
     grid_result = None
-    if grid:
-        gspec = spec.grid if grid is True else grid
-        grid_result = evaluate_grid(policy, spec, gspec, grid_episodes or min(episodes, 5), seed)
+    if gspec is not None:
+        grid_result = _grid_result(spec, gspec, n_grid, done[len(names) * episodes :])
     cfg = run.config
     report = TransferReport(
         env=spec.name,

@@ -32,6 +32,17 @@ from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_expe
 from rlsim2real.strategies import Strategy, make_strategy
 
 
+def limit_torch_threads() -> None:
+    """Use one torch thread on CPU unless ``RLSIM2REAL_TORCH_THREADS`` says otherwise.
+
+    The policies here are small: extra intra-op threads buy little and, on a machine whose
+    cores also step the envs, spin against them (a 10x slowdown was seen on 2 busy cores).
+    """
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("RLSIM2REAL_TORCH_THREADS", "1"))))
+
+
 def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
     def build():
         return Monitor(make_env(spec, seed=seed, distribution=distribution))
@@ -178,6 +189,7 @@ def train(
     if spec.timesteps < 1:
         raise SpecError(f"timesteps must be positive, got {spec.timesteps}")
     run_dir = _out_dir(spec, out, resume)
+    limit_torch_threads()
     checkpoint = None
     if resume:
         run = Run.open(run_dir)

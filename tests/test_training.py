@@ -1,0 +1,126 @@
+"""Tiny end-to-end runs of train / evaluate / resume, through the API and the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rlsim2real as rs
+from rlsim2real.runs import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+[experiment]
+name = "tiny"
+env = "inverted_pendulum"
+agent = "{agent}"
+timesteps = {timesteps}
+seed = 3
+n_envs = 2
+checkpoint_every = {checkpoint}
+
+[hyperparameters]
+n_steps = 64
+batch_size = 64
+n_epochs = 1
+
+[evaluation]
+episodes = 2
+sets = ["nominal", "heavy_pole", "sensor_shift"]
+"""
+
+
+def write_experiment(tmp_path: Path, agent="recurrent_ppo", timesteps=256, checkpoint=128) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(agent=agent, timesteps=timesteps, checkpoint=checkpoint))
+    return path
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlsim2real.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_train_then_evaluate_writes_contract_transfer_json(tmp_path):
+    exp = write_experiment(tmp_path)
+    out = tmp_path / "run"
+    res = cli("train", str(exp), "--out", str(out), "--no-eval", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for name in ("config.json", "model.zip", "vecnormalize.pkl", "strategy.json", "run.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert (out / "logs" / "progress.csv").is_file()
+    assert list((out / "checkpoints").glob("step_*/model.zip")), "no periodic checkpoint"
+
+    res = cli("evaluate", str(out), "--episodes", "2", "--sets", "nominal,heavy_pole", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((out / "transfer.json").read_text())
+    assert set(data) == {"env", "strategy", "dann", "timesteps", "seed", "sets"}
+    assert data["env"] == "inverted_pendulum" and data["strategy"] == "uniform" and data["dann"] is False
+    assert data["seed"] == 3 and data["timesteps"] >= 256
+    assert set(data["sets"]) == {"nominal", "heavy_pole"}
+    for entry in data["sets"].values():
+        assert set(entry) == {"mean_return", "std_return", "episodes", "success_rate", "params"}
+        assert entry["episodes"] == 2 and 0.0 <= entry["success_rate"] <= 1.0
+    assert data["sets"]["heavy_pole"]["params"]["pole_mass"] == 2.0
+    assert data["sets"]["nominal"]["params"]["pole_mass"] == 1.0
+    assert "| heavy_pole |" in (out / "transfer.md").read_text()
+
+
+def test_cli_rejects_bad_input_with_exit_2_and_no_complete_run(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.format(agent="recurrent_ppo", timesteps=256, checkpoint=0).replace("seed = 3", "sed = 3"))
+    res = cli("train", str(bad), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "bad.toml" in res.stderr and "'sed'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+    res = cli("evaluate", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert res.returncode == 2 and "not a run directory" in res.stderr
+
+
+def test_train_resume_continues_step_count_and_strategy(tmp_path):
+    exp = write_experiment(tmp_path, timesteps=256, checkpoint=128)
+    out = tmp_path / "run"
+    first = rs.train(exp, out=out, evaluate=False)
+    assert first.status["timesteps"] == 256
+    # Pretend the run died after its first checkpoint: keep only that one.
+    for extra in ("model.zip", "vecnormalize.pkl", "strategy.json"):
+        (out / extra).unlink()
+    ckpts = Run.open(out).checkpoints()
+    for c in ckpts[1:]:
+        for f in c.iterdir():
+            f.unlink()
+        c.rmdir()
+    step0 = int(ckpts[0].name.split("_")[1])
+    assert step0 < 384
+    resumed = rs.train(exp, out=out, resume=True, timesteps=384, evaluate=False)
+    model = resumed.load_model(device="cpu")
+    # The step count went on from the checkpoint instead of starting over at zero.
+    assert model.num_timesteps >= 384
+    assert model.num_timesteps - step0 < 384
+    state = json.loads((out / "strategy.json").read_text())
+    assert state["strategy"] == "uniform" and state["distribution"]["type"] == "box"
+
+
+def test_refuses_to_overwrite_an_existing_run(tmp_path):
+    exp = write_experiment(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(rs.SpecError, match="not empty"):
+        rs.train(exp, out=out)
+
+
+def test_ppo_baseline_and_evaluate_api(tmp_path):
+    exp = write_experiment(tmp_path, agent="ppo", checkpoint=0)
+    run = rs.train(exp, out=tmp_path / "ppo", evaluate=False)
+    report = rs.evaluate_transfer(run, episodes=2, sets=["nominal", "sticky_cart"])
+    assert report.to_dict()["sets"]["sticky_cart"]["params"]["friction"] == 1.5
+    assert "sticky_cart" in report.table()
+    with pytest.raises(rs.SpecError, match="unknown real set 'moon'"):
+        rs.evaluate_transfer(run, episodes=1, sets=["moon"])
