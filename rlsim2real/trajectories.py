@@ -9,7 +9,7 @@ Example:
     >>> trajs = rs.collect_trajectories(env, policy=None, episodes=2, seed=0)
     >>> trajs.n_episodes, trajs.obs.shape[1]
     (2, 4)
-    >>> len(trajs.episode(0)["obs"]) == trajs.lengths[0]
+    >>> len(trajs.episode(0)["obs"]) == int(trajs.lengths[0])
     True
 """
 

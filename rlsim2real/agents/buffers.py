@@ -91,7 +91,7 @@ class _FastSamplingMixin:
         for name in ("hidden_states_pi", "cell_states_pi", "hidden_states_vf", "cell_states_vf"):
             # (n_steps, n_layers, n_envs, H) -> (n_envs * n_steps, n_layers, H)
             setattr(self, "_t_" + name, self.to_torch(self.swap_and_flatten(getattr(self, name).swapaxes(1, 2))))
-        self._t_scalars = self.to_torch(np.stack([self.swap_and_flatten(getattr(self, n)) for n in _SCALARS], axis=1))
+        self._t_scalars = self.to_torch(np.stack([self.swap_and_flatten(getattr(self, n)).ravel() for n in _SCALARS], axis=1))
         self._t_actions = self.to_torch(self.swap_and_flatten(self.actions))
         self._episode_starts_flat = self.swap_and_flatten(self.episode_starts)
         env_change = np.zeros((self.buffer_size, self.n_envs))

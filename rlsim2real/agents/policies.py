@@ -86,20 +86,20 @@ def _run_sequence(
 
 
 def _lstm_step(
-    x: th.Tensor, states: tuple[th.Tensor, th.Tensor], keep: th.Tensor, lstm: nn.LSTM
+    x: th.Tensor, states: tuple[th.Tensor, th.Tensor], keep: th.Tensor | None, lstm: nn.LSTM
 ) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
     """One inference step of ``lstm`` through ``th.lstm_cell`` (far less per-call overhead).
 
     Args:
         x: Input, shape (n_envs, F).
         states: Each (n_layers, n_envs, H).
-        keep: ``1 - episode_start``, shape (1, n_envs, 1).
+        keep: ``1 - episode_start``, shape (1, n_envs, 1), or None when no env starts an episode.
         lstm: The LSTM (unidirectional, no projection; dropout is inactive at inference).
 
     Returns:
         Output of shape (n_envs, H) and the new states.
     """
-    h0, c0 = keep * states[0], keep * states[1]
+    h0, c0 = states if keep is None else (keep * states[0], keep * states[1])
     hs, cs = [], []
     for layer in range(lstm.num_layers):
         weights = [getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")]
@@ -120,8 +120,6 @@ class FastRecurrentPolicyMixin:
       ``torch.distributions.Normal``.
     * Adam-type optimizers default to ``foreach=True`` (same update, fewer kernel calls).
     """
-
-    discriminator: nn.Module | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         optimizer_class = kwargs.get("optimizer_class", th.optim.Adam)
@@ -156,7 +154,8 @@ class FastRecurrentPolicyMixin:
             return RolloutStep(actions, values, log_probs, states)
         features = self.extract_features(obs)
         pi_features, vf_features = (features, features) if self.share_features_extractor else features
-        keep = (1.0 - episode_starts).view(1, -1, 1)
+        # Multiplying by 1.0 is exact, so skipping the mask when nothing resets changes nothing.
+        keep = (1.0 - episode_starts).view(1, -1, 1) if bool(episode_starts.any()) else None
         latent_pi, states_pi = _lstm_step(pi_features, lstm_states.pi, keep, self.lstm_actor)
         if self.lstm_critic is not None:
             latent_vf, states_vf = _lstm_step(vf_features, lstm_states.vf, keep, self.lstm_critic)

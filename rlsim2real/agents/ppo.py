@@ -203,6 +203,8 @@ class RecurrentPPO(_SB3RecurrentPPO):
     # -------------------------------------------------------------- update
     def train(self) -> None:
         """PPO update on the rollout buffer, as sb3-contrib's, plus the DANN terms when enabled."""
+        if not isinstance(self.policy, FastRecurrentPolicyMixin):
+            return super().train()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)

@@ -1,0 +1,274 @@
+"""The fast recurrent PPO computes what sb3-contrib computes, learns, saves and runs DANN."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import sb3_contrib
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.logger import configure
+
+from rlsim2real.agents import FastRecurrentRolloutBuffer, RecurrentPPO
+from rlsim2real.agents.policies import _run_sequence
+
+th.set_num_threads(1)
+
+POLICY_SETTINGS = {
+    "separate_lstms": dict(lstm_hidden_size=16),
+    "shared_lstm": dict(lstm_hidden_size=16, shared_lstm=True, enable_critic_lstm=False),
+    "critic_mlp": dict(lstm_hidden_size=16, enable_critic_lstm=False),
+    "two_layers": dict(lstm_hidden_size=16, n_lstm_layers=2),
+}
+N_STEPS, N_ENVS = 40, 3
+
+
+def _pair(env_id: str, policy_kwargs: dict, **kwargs):
+    """Our agent and sb3-contrib's with identical weights."""
+    ours = RecurrentPPO("MlpLstmPolicy", env_id, policy_kwargs=policy_kwargs, seed=0, device="cpu", **kwargs)
+    ref = sb3_contrib.RecurrentPPO("MlpLstmPolicy", env_id, policy_kwargs=policy_kwargs, seed=0, device="cpu", **kwargs)
+    ref.policy.load_state_dict(ours.policy.state_dict())
+    return ours, ref
+
+
+def _fill(buffers, obs_dim: int, act_dim: int, n_layers: int, hidden: int, seed: int = 0) -> None:
+    """Same random rollout (episode starts at random steps) into several buffers."""
+    rng = np.random.default_rng(seed)
+    for buf in buffers:
+        buf.reset()
+    for _ in range(N_STEPS):
+        step = dict(
+            obs=rng.normal(size=(N_ENVS, obs_dim)).astype(np.float32),
+            action=rng.normal(size=(N_ENVS, act_dim)).astype(np.float32),
+            reward=rng.normal(size=N_ENVS).astype(np.float32),
+            episode_start=(rng.random(N_ENVS) < 0.15).astype(np.float32),
+            value=th.as_tensor(rng.normal(size=(N_ENVS, 1)), dtype=th.float32),
+            log_prob=th.as_tensor(rng.normal(size=N_ENVS), dtype=th.float32),
+        )
+        states = [th.as_tensor(rng.normal(size=(n_layers, N_ENVS, hidden)), dtype=th.float32) for _ in range(4)]
+        for buf in buffers:
+            buf.add(*step.values(), lstm_states=RNNStates((states[0], states[1]), (states[2], states[3])))
+    for buf in buffers:
+        buf.compute_returns_and_advantage(th.zeros(N_ENVS, 1), np.zeros(N_ENVS))
+
+
+def _buffers(space_obs, space_act, n_layers, hidden):
+    shape = (N_STEPS, n_layers, N_ENVS, hidden)
+    fast = FastRecurrentRolloutBuffer(N_STEPS, space_obs, space_act, shape, "cpu", n_envs=N_ENVS)
+    ref = RecurrentRolloutBuffer(N_STEPS, space_obs, space_act, shape, "cpu", n_envs=N_ENVS)
+    _fill([fast, ref], space_obs.shape[0], space_act.shape[0], n_layers, hidden)
+    return fast, ref
+
+
+def test_fast_buffer_yields_sb3_contrib_samples():
+    fast, ref = _buffers(spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (2,)), 1, 8)
+    for batch_size in (17, 64, None):
+        np.random.seed(1)
+        ours = list(fast.get(batch_size))
+        np.random.seed(1)
+        theirs = list(ref.get(batch_size))
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            for field in a._fields:
+                x, y = getattr(a, field), getattr(b, field)
+                if field == "lstm_states":
+                    for p, q in zip((*x.pi, *x.vf), (*y.pi, *y.vf)):
+                        assert th.equal(p, q)
+                else:
+                    assert x.shape == y.shape and th.equal(x, y.to(x.dtype)), field
+
+
+def _ppo_loss(values, log_prob, entropy, batch):
+    mask = batch.mask > 0
+    ratio = th.exp(log_prob - batch.old_log_prob)
+    adv = batch.advantages
+    pg = -th.min(adv * ratio, adv * th.clamp(ratio, 0.8, 1.2))[mask].mean()
+    return pg + 0.5 * ((batch.returns - values.flatten()) ** 2)[mask].mean() - 0.01 * entropy[mask].mean()
+
+
+@pytest.mark.parametrize("setting", sorted(POLICY_SETTINGS))
+def test_fast_sequence_path_matches_reference(setting):
+    ours, ref = _pair("Pendulum-v1", POLICY_SETTINGS[setting])
+    n_layers = ours.policy.lstm_actor.num_layers
+    fast, _ = _buffers(ours.observation_space, ours.action_space, n_layers, 16)
+    np.random.seed(0)
+    batches = list(fast.get(48))
+    assert any(b.episode_starts.sum() > 0 and len(b.episode_starts) > len(b.lstm_states.pi[0][0]) for b in batches)
+    for batch in batches:
+        outs = []
+        for policy in (ours.policy, ref.policy):
+            policy.zero_grad()
+            # sb3-contrib's own static method: the per-step loop when a minibatch has a start.
+            if policy is ref.policy:
+                values, log_prob, entropy = sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy.evaluate_actions(
+                    policy, batch.observations, batch.actions, batch.lstm_states, batch.episode_starts
+                )
+            else:
+                values, log_prob, entropy, _ = policy.evaluate_actions_with_features(
+                    batch.observations, batch.actions, batch.lstm_states, batch.episode_starts
+                )
+            _ppo_loss(values, log_prob, entropy, batch).backward()
+            grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+            outs.append((values, log_prob, entropy, grads))
+        (v1, l1, e1, g1), (v2, l2, e2, g2) = outs
+        assert th.allclose(v1, v2, atol=1e-5) and th.allclose(l1, l2, atol=1e-5) and th.allclose(e1, e2, atol=1e-6)
+        assert g1.keys() == g2.keys() and len(g1) > 0
+        for name in g1:
+            assert th.allclose(g1[name], g2[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_run_sequence_falls_back_when_a_start_is_inside_a_sequence():
+    th.manual_seed(0)
+    lstm = th.nn.LSTM(3, 5)
+    feats, starts = th.randn(2 * 6, 3), th.zeros(12)
+    starts[3] = starts[6] = 1.0  # inside the first sequence and at the start of the second
+    states = (th.randn(1, 2, 5), th.randn(1, 2, 5))
+    expected = sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy._process_sequence(feats, states, starts, lstm)
+    got = _run_sequence(feats, states, starts, lstm)
+    assert th.allclose(got[0], expected[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_rollout_step_matches_forward(env_id):
+    ours, _ = _pair(env_id, dict(lstm_hidden_size=16))
+    policy = ours.policy
+    obs = th.randn(4, *ours.observation_space.shape)
+    states = RNNStates(*[(th.randn(1, 4, 16), th.randn(1, 4, 16)) for _ in range(2)])
+    starts = th.tensor([0.0, 1.0, 0.0, 1.0])
+    with th.no_grad():
+        th.manual_seed(3)
+        fast = policy.rollout_step(obs, states, starts)
+        th.manual_seed(3)
+        ref = sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy.forward(policy, obs, states, starts)
+    assert th.allclose(fast.actions.float(), ref[0].float(), atol=1e-5)
+    assert th.allclose(fast.values, ref[1], atol=1e-5) and th.allclose(fast.log_probs, ref[2], atol=1e-5)
+    for a, b in zip((*fast.lstm_states.pi, *fast.lstm_states.vf), (*ref[3].pi, *ref[3].vf)):
+        assert th.allclose(a, b, atol=1e-5)
+
+
+def _collect(model):
+    model._setup_learn(model.n_steps * model.n_envs, None)
+    callback = CallbackList([])
+    callback.init_callback(model)
+    th.manual_seed(0)  # both agents draw the same action noise
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    model.set_logger(configure(None, [""]))
+
+
+def test_rollout_and_one_update_match_sb3_contrib():
+    # SGD keeps the update linear in the gradient (Adam's first step is ~lr * sign(g), which
+    # turns float noise on near-zero gradients into lr-sized differences).
+    policy_kwargs = dict(lstm_hidden_size=16, optimizer_class=th.optim.SGD)
+    ours, ref = _pair("Pendulum-v1", policy_kwargs, n_steps=64, batch_size=32, n_epochs=2, learning_rate=1e-2)
+    _collect(ours)
+    _collect(ref)
+    assert np.allclose(ours.rollout_buffer.actions, ref.rollout_buffer.actions, atol=1e-6)
+    assert np.allclose(ours.rollout_buffer.log_probs, ref.rollout_buffer.log_probs, atol=1e-5)
+    assert np.allclose(ours.rollout_buffer.hidden_states_vf, ref.rollout_buffer.hidden_states_vf, atol=1e-5)
+    np.random.seed(0)
+    ours.train()
+    np.random.seed(0)
+    ref.train()
+    theirs = dict(ref.policy.named_parameters())
+    for name, param in ours.policy.named_parameters():
+        assert th.allclose(param, theirs[name], atol=1e-6), name
+
+
+def _target(model, n=64, shift=0.5):
+    return np.random.default_rng(0).normal(shift, 1.0, size=(n, *model.observation_space.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dann", [None, dict(enabled=True, weight=0.1, mmd_weight=0.1, coral_weight=0.1)])
+def test_short_learn_with_and_without_dann(dann):
+    model = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=32, batch_size=16, n_epochs=2, seed=0, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=16), dann=dann)
+    if dann:
+        model.set_target_observations(_target(model))
+    model.learn(64)
+    logged = model.logger.name_to_value
+    assert "train/value_loss" in logged
+    dann_keys = {"dann/domain_loss", "dann/accuracy", "dann/heldout_accuracy", "dann/lambda", "dann/mmd_loss", "dann/coral_loss"}
+    assert dann_keys <= logged.keys() if dann else not any(k.startswith("dann/") for k in logged)
+
+
+def test_target_observation_validation():
+    model = RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", n_steps=16, seed=0, device="cpu", dann=dict(enabled=True))
+    with pytest.raises(ValueError, match="no target observations"):
+        model.learn(16)
+    for bad, match in [(np.zeros((0, 3)), "empty"), (np.zeros((5, 4)), "shape"), (np.full((5, 3), np.nan), "finite")]:
+        with pytest.raises(ValueError, match=match):
+            model.set_target_observations(bad)
+    with pytest.raises(ValueError, match="unknown key"):
+        RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", dann=dict(enabled=True, wieght=1.0))
+    calls = []
+    model.set_target_provider(lambda t: calls.append(t) or _target(model, 8))
+    model.learn(16)
+    assert calls and len(model._target) == 8
+
+
+def test_save_load_round_trip_restores_predictions_discriminator_and_schedule(tmp_path):
+    model = RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", n_steps=32, batch_size=32, seed=0, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=16), dann=dict(enabled=True, schedule="linear", warmup=1.0))
+    model.set_target_observations(_target(model))
+    model.learn(64)
+    model.save(tmp_path / "model.zip")
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=gym.make("Pendulum-v1"), device="cpu")
+    assert type(loaded) is RecurrentPPO and loaded.dann_enabled
+    obs = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+    a1, s1 = model.predict(obs, deterministic=True)
+    a2, s2 = loaded.predict(obs, deterministic=True)
+    assert np.array_equal(a1, a2) and np.array_equal(s1[0], s2[0])
+    for (n1, p1), (n2, p2) in zip(model.policy.discriminator.state_dict().items(), loaded.policy.discriminator.state_dict().items()):
+        assert n1 == n2 and th.equal(p1, p2)
+    assert loaded.dann_optimizer.state_dict()["state"].keys() == model.dann_optimizer.state_dict()["state"].keys()
+    assert loaded.dann_progress() == model.dann_progress() == pytest.approx(64 / 64)
+    loaded.set_target_observations(_target(loaded))
+    loaded.learn(32, reset_num_timesteps=False)
+    assert loaded.logger.name_to_value["dann/lambda"] == 1.0
+
+
+class _TinyImageEnv(gym.Env):
+    """36x36 grayscale frames whose brightness encodes a hidden counter (cheap CNN smoke test)."""
+
+    observation_space = spaces.Box(0, 255, (36, 36, 1), dtype=np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.full((36, 36, 1), (self.t * 20) % 255, dtype=np.uint8)
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), self.t >= 10, False, {}
+
+
+def test_cnn_policy_with_dann_learns_a_few_steps():
+    model = RecurrentPPO("CnnLstmPolicy", _TinyImageEnv(), n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=16, features_extractor_kwargs=dict(features_dim=32)),
+                         dann=dict(enabled=True))
+    shape = model.observation_space.shape  # channel-first after SB3's VecTransposeImage
+    model.set_target_observations(np.random.default_rng(0).integers(0, 255, size=(20, *shape)).astype(np.uint8))
+    model.learn(32)
+    assert "dann/domain_loss" in model.logger.name_to_value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dann", [False, True])
+def test_learns_inverted_pendulum(dann):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = make_vec_env("InvertedPendulum-v5", n_envs=4, seed=0)
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=256, batch_size=256, n_epochs=10, learning_rate=1e-3, seed=0,
+                         device="cpu", policy_kwargs=dict(lstm_hidden_size=64), dann=dict(enabled=dann, weight=0.05))
+    if dann:
+        model.set_target_observations(np.random.default_rng(0).normal(0, 0.1, size=(1024, 4)).astype(np.float32))
+    model.learn(60_000)
+    mean_return, _ = evaluate_policy(model, make_vec_env("InvertedPendulum-v5", n_envs=1, seed=1), n_eval_episodes=5)
+    assert mean_return > 500
