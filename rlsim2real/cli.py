@@ -31,16 +31,18 @@ def _cmd_envs(args: argparse.Namespace) -> int:
         print(f"{spec.name}  ({base})  {spec.path}")
         if spec.description:
             print(f"  {spec.description}")
+        wn = max([len(n) for n in (*spec.all_params.names, *spec.real_sets)] or [0]) + 2
+        wt = max((len(p.target) for p in spec.all_params), default=0) + 2
         for title, space in (("training box", spec.params), ("held out of training", spec.heldout_params)):
             if len(space):
                 print(f"  {title}:")
             for p in space:
                 rng = f"[{p.low:g}, {p.high:g}]" if p.low != p.high else f"{p.low:g}"
-                print(f"    {p.name:<24} {p.target:<26} {p.mode:<5} {rng:<14} {p.dist}")
+                print(f"    {p.name:<{wn}}{p.target:<{wt}}{p.mode:<6}{rng:<14}{p.dist}")
         print("  real sets:")
         for set_name, values in spec.real_sets.items():
             shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
-            print(f"    {set_name:<24} {shown}")
+            print(f"    {set_name:<{wn}}{shown}")
         print()
     return 0
 

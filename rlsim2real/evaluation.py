@@ -222,7 +222,13 @@ def run_episodes(
     return out
 
 
-def _lockstep(policy: Any, spec: EnvSpec, jobs: Sequence[tuple[Any, int]], deterministic: bool) -> list[_Episode]:
+def _lockstep(
+    policy: Any,
+    spec: EnvSpec,
+    jobs: Sequence[tuple[Any, int]],
+    deterministic: bool,
+    record: list[np.ndarray] | None = None,
+) -> list[_Episode]:
     n = len(jobs)
     envs = [make_real_env(spec, values, seed=seed) for values, seed in jobs]
     first = [env.reset() for env in envs]
@@ -237,6 +243,8 @@ def _lockstep(policy: Any, spec: EnvSpec, jobs: Sequence[tuple[Any, int]], deter
         while active.any():
             actions, state = policy.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
             starts = np.zeros(n, dtype=bool)
+            if record is not None:
+                record.append(obs[active].copy())
             for i in np.flatnonzero(active):
                 o, r, terminated, truncated, info = envs[i].step(actions[i])
                 obs[i] = o
@@ -249,6 +257,24 @@ def _lockstep(policy: Any, spec: EnvSpec, jobs: Sequence[tuple[Any, int]], deter
         for env in envs:
             env.close()
     return [_Episode(float(returns[i]), int(lengths[i]), bool(success[i]), params[i]) for i in range(n)]
+
+
+def collect_observations(
+    policy: Any,
+    spec: EnvSpec,
+    values: str | Mapping[str, float],
+    episodes: int,
+    seed: int,
+    deterministic: bool = False,
+) -> np.ndarray:
+    """Observations the policy meets on one configuration, shape (steps, *obs_shape).
+
+    Episodes run batched as in :func:`run_episodes`; these are the raw observations the
+    env emits (sensor terms applied), before any normalization.
+    """
+    record: list[np.ndarray] = []
+    _lockstep(policy, spec, [(values, seed + i) for i in range(episodes)], deterministic, record)
+    return np.concatenate(record, axis=0)
 
 
 def _summarize(episodes: Sequence[_Episode]) -> SetResult:

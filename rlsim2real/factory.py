@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 
@@ -15,10 +16,16 @@ from rlsim2real.wrappers import ActionDelay, DynamicsRandomization, ObservationN
 
 def _registered_id(spec: EnvSpec) -> str:
     """Register an ``entry_point`` env under a private id (once per process) and return it."""
-    env_id = f"rlsim2real/{spec.name}-v0"
+    # Keyed on where the spec lives and what it names: two specs that share a file name in
+    # different folders must not share a registration.
+    key = f"{spec.path.resolve() if spec.path else ''}|{spec.entry_point}"
+    env_id = f"rlsim2real/{spec.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}-v0"
     if env_id not in gym.registry:
         relative_to = spec.path.parent if spec.path else None
-        cls = load_entry_point(spec.entry_point, relative_to)
+        try:
+            cls = load_entry_point(spec.entry_point, relative_to)
+        except SpecError as exc:
+            raise SpecError(f"{spec.source}: env.{exc}") from None
         gym.register(env_id, entry_point=cls, max_episode_steps=spec.max_episode_steps or 1000)
     return env_id
 
@@ -33,8 +40,11 @@ def make_base_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
         kwargs["max_episode_steps"] = spec.max_episode_steps
     try:
         return gym.make(env_id, **kwargs)
-    except gym.error.Error as exc:
-        raise SpecError(f"{spec.source}: env: cannot make {env_id!r}: {exc}") from None
+    except SpecError:
+        raise
+    except Exception as exc:  # a bad MJCF, a wrong kwarg, an unknown id: one line, not a traceback
+        what = spec.env_id or spec.entry_point
+        raise SpecError(f"{spec.source}: env: cannot make {what!r}: {type(exc).__name__}: {exc}") from None
 
 
 def make_env(

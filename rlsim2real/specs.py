@@ -29,6 +29,7 @@ An env spec::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -377,30 +378,38 @@ def load_entry_point(entry_point: str, relative_to: Path | None = None) -> Any:
     """Import ``"package.module:Name"`` or ``"path/to/file.py:Name"``.
 
     Raises:
-        SpecError: if the module or name cannot be found.
+        SpecError: if the module or name cannot be found, or the module fails to import.
     """
     if ":" not in entry_point:
         raise SpecError(f"entry_point {entry_point!r}: expected 'package.module:Class' or 'file.py:Class'")
     module_part, _, attr = entry_point.rpartition(":")
-    try:
-        if module_part.endswith(".py"):
-            file = Path(module_part)
-            if not file.is_absolute() and relative_to is not None:
-                file = relative_to / file
-            if not file.is_file():
-                raise SpecError(f"entry_point {entry_point!r}: no file {file}")
-            mod_name = f"rlsim2real_user_{file.stem}_{abs(hash(str(file.resolve()))) % 10**8}"
-            module = sys.modules.get(mod_name)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(mod_name, file)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[mod_name] = module
+    if module_part.endswith(".py"):
+        file = Path(module_part)
+        if not file.is_absolute() and relative_to is not None:
+            file = relative_to / file
+        if not file.is_file():
+            raise SpecError(f"entry_point {entry_point!r}: no file {file}")
+        # A stable name (not hash(), which changes per process) so pickled envs load elsewhere.
+        digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
+        mod_name = f"rlsim2real_user_{file.stem}_{digest}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
                 spec.loader.exec_module(module)
-        else:
+            except Exception as exc:
+                del sys.modules[mod_name]  # never keep a half-run module
+                raise SpecError(f"entry_point {entry_point!r}: importing {file} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
             module = importlib.import_module(module_part)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise SpecError(f"entry_point {entry_point!r}: {exc}") from None
+        except Exception as exc:
+            raise SpecError(f"entry_point {entry_point!r}: cannot import {module_part!r}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, attr):
+        raise SpecError(f"entry_point {entry_point!r}: {module_part} has no attribute {attr!r}")
+    return getattr(module, attr)
 
 
 # ------------------------------------------------------------------------- agent specs
@@ -490,6 +499,15 @@ def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = 
     check_hyperparameters(algorithm, hyper, f"{f}: hyperparameters")
     policy_kwargs = check_keys(data.get("policy_kwargs", {}), tuple(data.get("policy_kwargs", {})), f"{f}: policy_kwargs")
     dann = check_keys(data.get("dann", {}), tuple(data.get("dann", {})), f"{f}: dann")
+    if dann:
+        if algorithm != "recurrent_ppo":
+            raise SpecError(f"{f}: dann: DANN is available for algorithm 'recurrent_ppo' only, not {algorithm!r}")
+        from rlsim2real.agents.dann_config import DannConfig
+
+        try:
+            DannConfig.from_any(dann)
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{f}: {exc}") from None
     default_policy = "MlpLstmPolicy" if algorithm == "recurrent_ppo" else "MlpPolicy"
     return AgentSpec(path.stem, algorithm, a.get("policy", default_policy), hyper, policy_kwargs, dann, path)
 
@@ -497,7 +515,30 @@ def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = 
 # -------------------------------------------------------------------- experiment specs
 STRATEGIES = ("uniform",)
 VEC_ENVS = ("dummy", "subproc")
-_EXP_KEYS = ("experiment", "hyperparameters", "evaluation", "description")
+_EXP_KEYS = ("experiment", "hyperparameters", "evaluation", "target", "description")
+_TARGET_KEYS = ("set", "file", "episodes", "refresh_every")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where the DANN encoder's unlabeled target observations come from.
+
+    Attributes:
+        set: A real set (or ``"nominal"``) whose episodes, run with the current policy,
+            supply target observations.
+        file: A trajectory ``.npz`` of logged observations instead (e.g. from a robot).
+        episodes: Episodes per collection from ``set``.
+        refresh_every: Re-collect every this many updates (0: collect once).
+    """
+
+    set: str | None = None
+    file: Path | None = None
+    episodes: int = 4
+    refresh_every: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"set": self.set, "file": str(self.file) if self.file else None, "episodes": self.episodes,
+                "refresh_every": self.refresh_every}
 _EXP_TABLE_KEYS = (
     "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "normalize",
     "checkpoint_every", "device", "description",
@@ -524,11 +565,13 @@ class ExperimentSpec:
     eval_sets: list[str] | None = None
     eval_grid: bool = False
     evaluate: bool = True
+    target: TargetSpec | None = None
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "target": None if self.target is None else self.target.to_dict(),
             "path": str(self.path) if self.path else None,
             "strategy": self.strategy,
             "timesteps": self.timesteps,
@@ -584,7 +627,11 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         for s in sets:
             if s != "nominal" and s not in env.real_sets:
                 raise SpecError(f"{f}: evaluation.sets: unknown real set {s!r}; known: nominal, {', '.join(env.real_sets)}")
+    target = _parse_target(data.get("target"), f, env, path.parent)
+    if agent.dann.get("enabled") and target is None:
+        raise SpecError(f"{f}: target: missing; the agent {agent.name!r} uses DANN and needs a [target] set or file")
     return ExperimentSpec(
+        target=target,
         name=str(e.get("name", path.stem)),
         env=env,
         agent=agent,
@@ -601,6 +648,29 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         eval_grid=bool(_typed(ev.get("grid", False), bool, f"{f}: evaluation.grid", "true or false")),
         evaluate=bool(_typed(ev.get("enabled", True), bool, f"{f}: evaluation.enabled", "true or false")),
         path=path,
+    )
+
+
+def _parse_target(table: Any, f: str, env: EnvSpec, folder: Path) -> TargetSpec | None:
+    if table is None:
+        return None
+    t = check_keys(table, _TARGET_KEYS, f"{f}: target")
+    if ("set" in t) == ("file" in t):
+        raise SpecError(f"{f}: target: expected exactly one of 'set' (a real set name) or 'file' (a trajectory .npz)")
+    if "set" in t and t["set"] != "nominal" and t["set"] not in env.real_sets:
+        known = ", ".join(["nominal", *env.real_sets])
+        raise SpecError(f"{f}: target.set: unknown real set {t['set']!r}; expected one of {known}")
+    file = None
+    if "file" in t:
+        file = Path(t["file"])
+        file = file if file.is_absolute() else folder / file
+        if not file.is_file():
+            raise SpecError(f"{f}: target.file: no such file {file}")
+    return TargetSpec(
+        set=t.get("set"),
+        file=file,
+        episodes=_positive_int(t.get("episodes", 4), f"{f}: target.episodes"),
+        refresh_every=_positive_int(t.get("refresh_every", 10), f"{f}: target.refresh_every", allow_zero=True),
     )
 
 

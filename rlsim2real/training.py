@@ -30,6 +30,7 @@ from rlsim2real.params import SpecError
 from rlsim2real.runs import Run
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
+from rlsim2real.targets import TargetSource, load_target_file
 
 
 def limit_torch_threads() -> None:
@@ -189,6 +190,9 @@ def train(
     if spec.timesteps < 1:
         raise SpecError(f"timesteps must be positive, got {spec.timesteps}")
     run_dir = _out_dir(spec, out, resume)
+    obs_shape = _observation_shape(spec.env)
+    if spec.target is not None and spec.target.file is not None:
+        load_target_file(spec.target.file, obs_shape)  # a bad file fails before anything is written
     limit_torch_threads()
     checkpoint = None
     if resume:
@@ -219,6 +223,7 @@ def train(
     if checkpoint is not None:
         model = cls.load(checkpoint / "model.zip", env=venv, device=spec.device)
     else:
+        extra = {"dann": dict(spec.agent.dann)} if spec.agent.dann else {}
         model = cls(
             spec.agent.policy,
             venv,
@@ -226,8 +231,12 @@ def train(
             device=spec.device,
             verbose=verbose,
             policy_kwargs=_policy_kwargs(spec.agent.policy_kwargs),
+            **extra,
             **spec.agent.hyperparameters,
         )
+    if getattr(model, "dann_enabled", False):
+        normalizer = venv if isinstance(venv, VecNormalize) else None
+        model.set_target_provider(TargetSource(spec.env, spec.target, model, normalizer, spec.seed + 50_000, obs_shape))
     formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
     model.set_logger(configure(str(run_dir / "logs"), formats))
     callbacks: list[BaseCallback] = [RandomizationLogger(strategy)]
@@ -259,6 +268,16 @@ def train(
         report = evaluate_transfer(run, episodes=spec.eval_episodes, sets=spec.eval_sets, grid=spec.eval_grid)
         print(report.table())
     return run
+
+
+def _observation_shape(spec: EnvSpec) -> tuple[int, ...]:
+    from rlsim2real.factory import make_base_env
+
+    env = make_base_env(spec)
+    try:
+        return tuple(env.observation_space.shape)
+    finally:
+        env.close()
 
 
 def _policy_kwargs(raw: dict[str, Any]) -> dict[str, Any]:

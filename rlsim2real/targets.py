@@ -1,0 +1,76 @@
+"""Unlabeled target-domain observations for the DANN encoder.
+
+They come either from the experiment's target set (episodes of the current policy on a
+held-out "real" configuration, re-collected every few updates) or from a trajectory file
+of logged observations, so a user with real robot logs can train against them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlsim2real.evaluation import RunPolicy, collect_observations
+from rlsim2real.params import SpecError
+from rlsim2real.specs import EnvSpec, TargetSpec
+from rlsim2real.trajectories import load_trajectories
+
+
+def load_target_file(path: Path, obs_shape: tuple[int, ...]) -> np.ndarray:
+    """Observations of a trajectory file, checked against the env's observation shape.
+
+    Raises:
+        SpecError: naming the file, if it is missing, corrupt, empty, non-finite or of the
+            wrong shape.
+    """
+    obs = load_trajectories(path).obs
+    if tuple(obs.shape[1:]) != tuple(obs_shape):
+        raise SpecError(
+            f"{path}: target observations have shape {tuple(obs.shape[1:])} per step; "
+            f"expected {tuple(obs_shape)} (the env's observation shape)"
+        )
+    return obs.astype(np.float32)
+
+
+class TargetSource:
+    """A provider for ``RecurrentPPO.set_target_provider``: called before every update.
+
+    Args:
+        spec: The env spec (for the target set).
+        target: Where target observations come from and how often to refresh them.
+        model: The agent (its current policy collects target episodes).
+        normalizer: The training ``VecNormalize`` (or ``None``): targets are normalized with
+            its current statistics, exactly as the policy sees source observations.
+        seed: Base seed of the target episodes.
+        obs_shape: The env's observation shape (to check a file).
+    """
+
+    def __init__(
+        self, spec: EnvSpec, target: TargetSpec, model: Any, normalizer: Any, seed: int, obs_shape: tuple[int, ...]
+    ) -> None:
+        self.spec = spec
+        self.target = target
+        self.model = model
+        self.normalizer = normalizer
+        self.seed = seed
+        self.calls = 0
+        self.collections = 0
+        self._raw = load_target_file(target.file, obs_shape) if target.file is not None else None
+
+    def _collect(self) -> np.ndarray:
+        policy = RunPolicy(self.model, self.normalizer)
+        self.collections += 1
+        seed = self.seed + 1000 * self.collections
+        return collect_observations(policy, self.spec, self.target.set, self.target.episodes, seed, deterministic=False)
+
+    def __call__(self, num_timesteps: int) -> np.ndarray:
+        due = self.target.refresh_every and self.calls % self.target.refresh_every == 0
+        if self.target.file is None and (self._raw is None or due):
+            self._raw = self._collect()
+        self.calls += 1
+        raw = self._raw
+        if self.normalizer is not None:
+            return self.normalizer.normalize_obs(raw).astype(np.float32)
+        return raw
