@@ -124,3 +124,69 @@ def test_ppo_baseline_and_evaluate_api(tmp_path):
     assert "sticky_cart" in report.table()
     with pytest.raises(rs.SpecError, match="unknown real set 'moon'"):
         rs.evaluate_transfer(run, episodes=1, sets=["moon"])
+
+
+DANN = """
+[experiment]
+env = "inverted_pendulum"
+agent = "recurrent_ppo_dann"
+timesteps = 256
+seed = 1
+n_envs = 2
+
+[hyperparameters]
+n_steps = 64
+batch_size = 64
+n_epochs = 1
+
+[target]
+{target}
+
+[evaluation]
+episodes = 1
+sets = ["nominal", "sensor_shift"]
+"""
+
+
+def test_cli_tiny_dann_training_logs_domain_metrics(tmp_path):
+    exp = tmp_path / "dann.toml"
+    exp.write_text(DANN.format(target='set = "sensor_shift"\nepisodes = 1\nrefresh_every = 2'))
+    out = tmp_path / "run"
+    res = cli("train", str(exp), "--out", str(out), "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    header = (out / "logs" / "progress.csv").read_text().splitlines()[0].split(",")
+    for key in ("dann/domain_loss", "dann/heldout_accuracy", "dann/lambda"):
+        assert key in header
+    data = json.loads((out / "transfer.json").read_text())
+    assert data["dann"] is True and set(data["sets"]) == {"nominal", "sensor_shift"}
+
+
+def test_dann_from_a_trajectory_file_and_bad_files_fail_before_training(tmp_path):
+    import numpy as np
+
+    real = rs.make_real_env("inverted_pendulum", "sensor_shift", seed=0)
+    rs.collect_trajectories(real, policy=None, episodes=3, seed=0).save(tmp_path / "real.npz")
+    exp = tmp_path / "dann.toml"
+    exp.write_text(DANN.format(target='file = "real.npz"'))
+    run = rs.train(exp, out=tmp_path / "ok", evaluate=False)
+    assert run.complete
+
+    np.savez(tmp_path / "wide.npz", obs=np.zeros((5, 7)), actions=np.zeros((5, 1)), rewards=np.zeros(5))
+    exp.write_text(DANN.format(target='file = "wide.npz"'))
+    res = cli("train", str(exp), "--out", str(tmp_path / "bad"), cwd=tmp_path)
+    assert res.returncode == 2 and "wide.npz" in res.stderr and "expected (4,)" in res.stderr
+    assert not (tmp_path / "bad").exists()
+
+    exp.write_text(DANN.replace("[target]\n{target}\n", ""))
+    res = cli("train", str(exp), "--out", str(tmp_path / "bad"), cwd=tmp_path)
+    assert res.returncode == 2 and "needs a [target]" in res.stderr
+
+
+def test_same_seed_same_training(tmp_path):
+    import torch
+
+    exp = write_experiment(tmp_path, timesteps=128, checkpoint=0)
+    a = rs.train(exp, out=tmp_path / "a", evaluate=False).load_model(device="cpu")
+    b = rs.train(exp, out=tmp_path / "b", evaluate=False).load_model(device="cpu")
+    for (name, pa), pb in zip(a.policy.state_dict().items(), b.policy.state_dict().values()):
+        assert torch.equal(pa, pb), name
