@@ -68,25 +68,55 @@ def make_vec_env(spec: EnvSpec, n_envs: int, seed: int, distribution: Distributi
 
 
 class RandomizationLogger(BaseCallback):
-    """Logs what the workers ran on (``dr/``) and counts unstable episodes."""
+    """Logs what the workers ran on: ``dr/`` means per rollout, and one row per finished
+    episode (its return, length and parameters) in ``logs/episodes.csv``, so any result
+    can be traced back to its physics. Also counts unstable episodes."""
 
-    def __init__(self, strategy: Strategy) -> None:
+    def __init__(self, strategy: Strategy, episodes_csv: Path | None = None) -> None:
         super().__init__()
         self.strategy = strategy
         self.instabilities = 0
+        self.episodes_csv = episodes_csv
+        self._file: Any = None
+        self._writer: Any = None
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
+        for i, info in enumerate(self.locals.get("infos", ())):
             if "instability" in info:
                 self.instabilities += 1
+            if "episode" in info and self.episodes_csv is not None:
+                self._write_episode(i, info)
         return True
 
+    def _write_episode(self, env_index: int, info: dict[str, Any]) -> None:
+        params = info.get("dr_params", {})
+        if self._writer is None:
+            import csv
+
+            new = not self.episodes_csv.exists()
+            self.episodes_csv.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.episodes_csv, "a", newline="")
+            self._columns = ["timesteps", "env", "return", "length", "unstable", *params]
+            self._writer = csv.DictWriter(self._file, self._columns, extrasaction="ignore")
+            if new:
+                self._writer.writeheader()
+        row = {"timesteps": self.num_timesteps, "env": env_index, "return": round(float(info["episode"]["r"]), 4),
+               "length": int(info["episode"]["l"]), "unstable": int("instability" in info), **params}
+        self._writer.writerow(row)
+
     def _on_rollout_end(self) -> None:
+        if self._file is not None:
+            self._file.flush()
         params = self.training_env.get_attr("params")
         for name in params[0] if params else ():
             self.logger.record(f"dr/{name}", float(np.mean([p[name] for p in params])))
         self.logger.record("dr/entropy", self.strategy.distribution.entropy())
         self.logger.record("dr/unstable_episodes", self.instabilities)
+
+    def _on_training_end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
 
 
 class RunCheckpoint(BaseCallback):
@@ -239,7 +269,7 @@ def train(
         model.set_target_provider(TargetSource(spec.env, spec.target, model, normalizer, spec.seed + 50_000, obs_shape))
     formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
     model.set_logger(configure(str(run_dir / "logs"), formats))
-    callbacks: list[BaseCallback] = [RandomizationLogger(strategy)]
+    callbacks: list[BaseCallback] = [RandomizationLogger(strategy, run_dir / "logs" / "episodes.csv")]
     if spec.checkpoint_every:
         callbacks.append(RunCheckpoint(run_dir, spec.checkpoint_every, strategy))
     remaining = spec.timesteps - model.num_timesteps
@@ -291,4 +321,12 @@ def _policy_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
         if act.lower() not in table:
             raise SpecError(f"policy_kwargs.activation_fn: expected one of {', '.join(table)}, got {act!r}")
         out["activation_fn"] = table[act.lower()]
+    extractor = out.get("features_extractor_class")
+    if isinstance(extractor, str):
+        from rlsim2real.dann import MlpEncoder
+
+        extractors = {"mlp": MlpEncoder}
+        if extractor not in extractors:
+            raise SpecError(f"policy_kwargs.features_extractor_class: expected one of {', '.join(extractors)}, got {extractor!r}")
+        out["features_extractor_class"] = extractors[extractor]
     return out

@@ -4,6 +4,7 @@ Everything here is plain PyTorch and can be used and tested without PPO.
 """
 
 from rlsim2real.dann.discriminator import DomainDiscriminator
+from rlsim2real.dann.encoder import MlpEncoder
 from rlsim2real.dann.grl import GradientReversal, grad_reverse
 from rlsim2real.dann.losses import coral_loss, dann_loss, discriminator_accuracy, mmd_loss
 from rlsim2real.dann.schedules import (
@@ -21,6 +22,7 @@ __all__ = [
     "GaninSchedule",
     "GradientReversal",
     "LinearWarmupSchedule",
+    "MlpEncoder",
     "coral_loss",
     "dann_loss",
     "discriminator_accuracy",
