@@ -173,7 +173,8 @@ def _rows_for(model: mujoco.MjModel, info: FieldInfo, field: str, element: str |
                 word = _OBJ_WORD[info.obj]
                 names = [mujoco.mj_id2name(model, info.obj, i) for i in range(_count(model, info.obj))]
                 known = ", ".join(n for n in names if n) or "(none named)"
-                raise SpecError(f"{where}: unknown {word} name {token!r} in {field}; known {word}s: {known}")
+                plural = "bodies" if word == "body" else f"{word}s"
+                raise SpecError(f"{where}: unknown {word} name {token!r} in {field}; expected one of the {plural}: {known}")
             ids = [obj_id]
         if info.by_joint:
             for j in ids:

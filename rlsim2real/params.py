@@ -144,7 +144,7 @@ class Param:
         if not (math.isfinite(low) and math.isfinite(high)):
             raise SpecError(f"{where}: range must be finite, got [{low}, {high}]")
         if low > high:
-            raise SpecError(f"{where}: range low {low} > high {high}")
+            raise SpecError(f"{where}: range low {low} > high {high}; expected low <= high")
         if self.dist == "loguniform" and low <= 0:
             raise SpecError(f"{where}: loguniform needs a positive range, got [{low}, {high}]")
         if self.std is not None and not self.std > 0:

@@ -62,6 +62,12 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._rng = self._make_rng(seed)
         self._values: dict[str, float] = {}
         self._steps = 0
+        # The next randomization layer inside, found once: calls that concern every layer
+        # are passed to it (``has_wrapper_attr`` would evaluate ``params`` at every level).
+        inner = env
+        while isinstance(inner, gym.Wrapper) and not isinstance(inner, RandomizationWrapper):
+            inner = inner.env
+        self._inner_layer: RandomizationWrapper | None = inner if isinstance(inner, RandomizationWrapper) else None
 
     # -- seeding -----------------------------------------------------------------------
     def _make_rng(self, seed: int | None) -> np.random.Generator:
@@ -129,9 +135,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return out
 
     def _inner(self, name: str) -> Any:
-        if self.env.has_wrapper_attr(name):
-            return self.env.get_wrapper_attr(name)
-        return None
+        return None if self._inner_layer is None else getattr(self._inner_layer, name)
 
     # -- the gym API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -74,6 +74,15 @@ class DynamicsRandomization(RandomizationWrapper):
         # Cached once: every sample starts from these, never from the live model.
         self._nominal = {f: np.array(field_array(model, f), copy=True) for f in sorted(fields)}
         self._needs_const = any(FIELDS[f].set_const for f in fields)
+        # Each term as flat indices into its field, element order as in ``b.nominal``, so
+        # applying a sample is one assignment per term (this runs at every reset).
+        self._plan = [
+            (b.param.name, b.param.mode, b.field, self._flat_index(b), b.nominal.reshape(-1)) for b in self._bound
+        ]
+        if "body_mass" in fields:
+            nominal_mass = self._nominal["body_mass"]
+            self._mass_positive = nominal_mass > 0
+            self._mass_divisor = np.where(self._mass_positive, nominal_mass, 1.0)
         self._scratch = mujoco.MjData(model) if self._needs_const else None
         self._applied: dict[str, float] | None = None
 
@@ -89,15 +98,25 @@ class DynamicsRandomization(RandomizationWrapper):
     def _check_value(self, name: str, value: float) -> None:
         self._bound[self.space.index(name)].check_value(value, f"param {name!r}")
 
+    def _flat_index(self, b: BoundParam) -> np.ndarray:
+        shape = self._nominal[b.field].shape
+        return np.arange(int(np.prod(shape)), dtype=np.intp).reshape(shape)[b.index].reshape(-1)
+
     def _apply(self, values: dict[str, float]) -> None:
         if values == self._applied:
             return
         work = {f: nom.copy() for f, nom in self._nominal.items()}
-        for b in self._bound:
-            b.apply(work[b.field], values[b.param.name])
+        flat = {f: arr.reshape(-1) for f, arr in work.items()}  # views of the copies
+        for name, mode, f, index, nominal in self._plan:
+            value = values[name]
+            if mode == "scale":
+                flat[f][index] = nominal * value
+            elif mode == "add":
+                flat[f][index] = nominal + value
+            else:
+                flat[f][index] = value
         if "body_mass" in work:
-            nominal_mass = self._nominal["body_mass"]
-            ratio = np.divide(work["body_mass"], nominal_mass, out=np.ones_like(nominal_mass), where=nominal_mass > 0)
+            ratio = np.where(self._mass_positive, work["body_mass"] / self._mass_divisor, 1.0)
             work["body_inertia"] *= ratio[:, None]
         for f, arr in work.items():
             write_field(self._model, f, arr)

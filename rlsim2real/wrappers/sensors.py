@@ -118,8 +118,9 @@ class ObservationNoise(RandomizationWrapper):
             self._targets.append((p, p.parsed.field, idx))
             for value in p.range:
                 self._check_value(p.name, value)
-        self._current = {k: v.copy() for k, v in self._nominal.items()}
-        self._identity = True
+        self._nominal_flat = {k: v.reshape(-1) for k, v in self._nominal.items()}
+        self._plan = [(p.name, p.mode, field, idx, self._nominal_flat[field][idx]) for p, field, idx in self._targets]
+        self._set_current({k: v.copy() for k, v in self._nominal.items()})
 
     def nominal_value(self, name: str) -> float:
         p, field, idx = self._targets[self.space.index(name)]
@@ -135,26 +136,27 @@ class ObservationNoise(RandomizationWrapper):
                 raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
 
     def _apply(self, values: dict[str, float]) -> None:
-        current = {k: v.copy().reshape(-1) for k, v in self._nominal.items()}
-        for p, field, idx in self._targets:
-            current[field][idx] = _apply_mode(p.mode, self._nominal[field].reshape(-1)[idx], values[p.name])
+        current = {k: v.copy() for k, v in self._nominal_flat.items()}
+        for name, mode, field, idx, nominal in self._plan:
+            current[field][idx] = _apply_mode(mode, nominal, values[name])
         shape = self.observation_space.shape
-        self._current = {k: v.reshape(shape) for k, v in current.items()}
-        self._identity = (
-            not np.any(self._current["obs.noise_std"])
-            and not np.any(self._current["obs.bias"])
-            and bool(np.all(self._current["obs.scale"] == 1.0))
-        )
+        self._set_current({k: v.reshape(shape) for k, v in current.items()})
+
+    def _set_current(self, current: dict[str, np.ndarray]) -> None:
+        # Unpacked once per sample so that the per-step path is plain array arithmetic.
+        self._current = current
+        self._scale, self._bias, self._std = current["obs.scale"], current["obs.bias"], current["obs.noise_std"]
+        self._noisy = bool(self._std.any())
+        self._identity = not self._noisy and not self._bias.any() and bool((self._scale == 1.0).all())
 
     def _observe(self, obs: Any) -> Any:
         if self._identity:
             return obs
-        c = self._current
-        out = obs * c["obs.scale"] + c["obs.bias"]
-        std = c["obs.noise_std"]
-        if np.any(std):
-            out = out + std * self._rng.standard_normal(std.shape)
-        return out.astype(np.asarray(obs).dtype, copy=False)
+        out = obs * self._scale + self._bias
+        if self._noisy:
+            out += self._std * self._rng.standard_normal(self._std.shape)
+        dtype = obs.dtype if isinstance(obs, np.ndarray) else np.asarray(obs).dtype
+        return out if out.dtype == dtype else out.astype(dtype)
 
 
 class ActionDelay(RandomizationWrapper):

@@ -16,6 +16,7 @@ _BAD_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQVEL,
     mujoco.mjtWarning.mjWARN_BADCTRL,
 )
+_BAD_INDEX = np.array([int(w) for w in _BAD_WARNINGS], dtype=np.intp)
 
 
 class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -44,17 +45,21 @@ class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        self._data: mujoco.MjData = env.unwrapped.data
+        self._bind(env.unwrapped.data)
         self._last_obs: Any = None
         self._counts = self._warning_counts()
 
-    def _warning_counts(self) -> tuple[int, ...]:
-        numbers = self._data.warning.number
-        return tuple(int(numbers[w]) for w in _BAD_WARNINGS)
+    def _bind(self, data: mujoco.MjData) -> None:
+        self._data = data
+        # A view of the counters, looked up once: reading it is on every step.
+        self._numbers: np.ndarray = data.warning.number
+
+    def _warning_counts(self) -> list[int]:
+        return self._numbers[_BAD_INDEX].tolist()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        self._data = self.env.unwrapped.data
+        self._bind(self.env.unwrapped.data)
         self._counts = self._warning_counts()
         self._last_obs = obs
         return obs, info
@@ -72,9 +77,11 @@ class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _diagnose(self, obs: Any, reward: SupportsFloat) -> str | None:
         d = self._data
         # The cheap checks run every step (this is on the hot path): MuJoCo counts a
-        # warning when it resets a diverged state, and NaN/inf anywhere survives a sum.
+        # warning when it resets a diverged state, and NaN/inf anywhere survives a dot
+        # product (one that merely overflows sends the observation on to the exact checks).
         counts = self._warning_counts()
-        if counts == self._counts and math.isfinite(float(np.sum(obs)) + float(reward)):
+        total = obs.dot(obs) if isinstance(obs, np.ndarray) and obs.ndim == 1 else np.sum(obs)
+        if counts == self._counts and math.isfinite(float(total) + float(reward)):
             return None
         if counts != self._counts:
             fired = [w.name for w, a, b in zip(_BAD_WARNINGS, counts, self._counts) if a != b]
