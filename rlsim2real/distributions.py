@@ -62,13 +62,39 @@ class BoxDistribution(Distribution):
 
     def __init__(self, space: ParamSpace) -> None:
         self.space = space
+        # Sampling runs at every reset of every worker: uniform and loguniform dimensions
+        # are drawn with one generator call; truncated normals one by one (rejection).
+        params = list(space)
+        self._names = [p.name for p in params]
+        self._flat = np.array([p.dist != "normal" and p.low < p.high for p in params], dtype=bool)
+        is_log = np.array([p.dist == "loguniform" for p in params], dtype=bool)
+        def scaled(x: np.ndarray) -> np.ndarray:
+            return np.where(is_log, np.log(np.where(is_log, x, 1.0)), x)
+
+        low, high = scaled(space.low), scaled(space.high)
+        self._lo = low[self._flat]
+        self._width = (high - low)[self._flat]
+        self._log = is_log[self._flat]
+        self._others = [(i, p) for i, p in enumerate(params) if not self._flat[i]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"space": self.space}  # small on the wire to every worker; rebuilt there
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["space"])
 
     @property
     def names(self) -> tuple[str, ...]:
         return self.space.names
 
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        return {p.name: p.sample(rng) for p in self.space}
+        values = np.empty(len(self._names))
+        if self._lo.size:
+            u = self._lo + self._width * rng.random(self._lo.size)
+            values[self._flat] = np.where(self._log, np.exp(u), u)
+        for i, p in self._others:
+            values[i] = p.sample(rng)
+        return dict(zip(self._names, values.tolist()))
 
     def subset(self, names: Iterable[str]) -> "BoxDistribution":
         return BoxDistribution(self.space.subset(names))

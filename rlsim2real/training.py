@@ -80,16 +80,31 @@ class RandomizationLogger(BaseCallback):
         self._file: Any = None
         self._writer: Any = None
 
+    def _reset_infos(self) -> list[dict[str, Any]]:
+        venv = self.training_env
+        # VecEnv wrappers (VecNormalize) keep an empty reset_infos of their own: go to the base.
+        while hasattr(venv, "venv"):
+            venv = venv.venv
+        return getattr(venv, "reset_infos", [])
+
+    def _on_training_start(self) -> None:
+        # What each worker's current episode runs on, from its last reset's info; the VecEnv
+        # has already reset a finished episode when the callback sees it, so keep our own copy.
+        self._running = [dict(info.get("dr_params", {})) for info in self._reset_infos()]
+
     def _on_step(self) -> bool:
         for i, info in enumerate(self.locals.get("infos", ())):
             if "instability" in info:
                 self.instabilities += 1
-            if "episode" in info and self.episodes_csv is not None:
-                self._write_episode(i, info)
+            if "episode" in info:
+                if self.episodes_csv is not None:
+                    self._write_episode(i, info, self._running[i] if i < len(self._running) else {})
+                resets = self._reset_infos()
+                if i < len(self._running) and i < len(resets):
+                    self._running[i] = dict(resets[i].get("dr_params", {}))
         return True
 
-    def _write_episode(self, env_index: int, info: dict[str, Any]) -> None:
-        params = info.get("dr_params", {})
+    def _write_episode(self, env_index: int, info: dict[str, Any], params: dict[str, float]) -> None:
         if self._writer is None:
             import csv
 

@@ -11,7 +11,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
 
-from rlsim2real.agents import FastRecurrentRolloutBuffer, RecurrentPPO
+from rlsim2real.agents import FastRecurrentRolloutBuffer, RecurrentPPO, segments
 from rlsim2real.agents.policies import _run_sequence
 
 th.set_num_threads(1)
@@ -88,8 +88,11 @@ def _ppo_loss(values, log_prob, entropy, batch):
     return pg + 0.5 * ((batch.returns - values.flatten()) ** 2)[mask].mean() - 0.01 * entropy[mask].mean()
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["padded", "segmented"])
 @pytest.mark.parametrize("setting", sorted(POLICY_SETTINGS))
-def test_fast_sequence_path_matches_reference(setting):
+def test_fast_sequence_path_matches_reference(setting, masked, monkeypatch):
+    if masked:  # free LSTM calls: cut at every distinct length, the most segments possible
+        monkeypatch.setattr(segments, "_CALL_COST", 0.0)
     ours, ref = _pair("Pendulum-v1", POLICY_SETTINGS[setting])
     n_layers = ours.policy.lstm_actor.num_layers
     fast, _ = _buffers(ours.observation_space, ours.action_space, n_layers, 16)
@@ -98,6 +101,7 @@ def test_fast_sequence_path_matches_reference(setting):
     assert any(b.episode_starts.sum() > 0 and len(b.episode_starts) > len(b.lstm_states.pi[0][0]) for b in batches)
     for batch in batches:
         outs = []
+        mask = batch.mask > 0
         for policy in (ours.policy, ref.policy):
             policy.zero_grad()
             # sb3-contrib's own static method: the per-step loop when a minibatch has a start.
@@ -105,11 +109,22 @@ def test_fast_sequence_path_matches_reference(setting):
                 values, log_prob, entropy = sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy.evaluate_actions(
                     policy, batch.observations, batch.actions, batch.lstm_states, batch.episode_starts
                 )
+                loss = _ppo_loss(values, log_prob, entropy, batch)
+                if masked:
+                    values, log_prob, entropy = values[mask], log_prob[mask], entropy[mask]
+            elif masked:  # results for real rows only
+                values, log_prob, entropy, _ = policy.evaluate_actions_with_features(
+                    batch.observations, batch.actions, batch.lstm_states, batch.episode_starts, mask
+                )
+                compact = batch._replace(mask=th.ones(int(mask.sum())), old_log_prob=batch.old_log_prob[mask],
+                                         advantages=batch.advantages[mask], returns=batch.returns[mask])
+                loss = _ppo_loss(values, log_prob, entropy, compact)
             else:
                 values, log_prob, entropy, _ = policy.evaluate_actions_with_features(
                     batch.observations, batch.actions, batch.lstm_states, batch.episode_starts
                 )
-            _ppo_loss(values, log_prob, entropy, batch).backward()
+                loss = _ppo_loss(values, log_prob, entropy, batch)
+            loss.backward()
             grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
             outs.append((values, log_prob, entropy, grads))
         (v1, l1, e1, g1), (v2, l2, e2, g2) = outs
@@ -130,12 +145,33 @@ def test_run_sequence_falls_back_when_a_start_is_inside_a_sequence():
     assert th.allclose(got[0], expected[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("call_cost", [0.0, 1e9], ids=["most_segments", "one_segment"])
+def test_segments_compute_one_lstm_call_on_real_steps(call_cost, monkeypatch):
+    monkeypatch.setattr(segments, "_CALL_COST", call_cost)
+    th.manual_seed(0)
+    lstm = th.nn.LSTM(3, 5, num_layers=2)
+    lengths = np.array([2, 7, 1, 7, 4])
+    n_seq, max_len = len(lengths), lengths.max()
+    assert len(segments.plan_segments(lengths)) == (4 if call_cost == 0 else 1)
+    feats = th.randn(n_seq * max_len, 3, requires_grad=True)
+    states = (th.randn(2, n_seq, 5), th.randn(2, n_seq, 5))
+    mask = (th.arange(max_len)[None, :] < th.as_tensor(lengths)[:, None]).flatten()
+    expected = lstm(feats.reshape(n_seq, max_len, 3).swapaxes(0, 1), states)[0].swapaxes(0, 1).reshape(-1, 5)
+    got = segments.run_segments(feats, states, lstm, lengths)
+    assert th.allclose(got[mask], expected[mask], atol=1e-6)
+    inputs = [feats, *lstm.parameters()]
+    for g, e in zip(th.autograd.grad(got[mask].square().sum(), inputs), th.autograd.grad(expected[mask].square().sum(), inputs)):
+        assert th.allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize("setting", sorted(POLICY_SETTINGS))
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-def test_rollout_step_matches_forward(env_id):
-    ours, _ = _pair(env_id, dict(lstm_hidden_size=16))
+def test_rollout_step_matches_forward(env_id, setting):
+    ours, _ = _pair(env_id, POLICY_SETTINGS[setting])
     policy = ours.policy
+    n_layers = policy.lstm_actor.num_layers
     obs = th.randn(4, *ours.observation_space.shape)
-    states = RNNStates(*[(th.randn(1, 4, 16), th.randn(1, 4, 16)) for _ in range(2)])
+    states = RNNStates(*[(th.randn(n_layers, 4, 16), th.randn(n_layers, 4, 16)) for _ in range(2)])
     starts = th.tensor([0.0, 1.0, 0.0, 1.0])
     with th.no_grad():
         th.manual_seed(3)
@@ -157,11 +193,13 @@ def _collect(model):
     model.set_logger(configure(None, [""]))
 
 
-def test_rollout_and_one_update_match_sb3_contrib():
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])  # CartPole: many short episodes
+def test_rollout_and_one_update_match_sb3_contrib(env_id, monkeypatch):
+    monkeypatch.setattr(segments, "_CALL_COST", 0.0)  # exercise the segmented LSTM path
     # SGD keeps the update linear in the gradient (Adam's first step is ~lr * sign(g), which
     # turns float noise on near-zero gradients into lr-sized differences).
     policy_kwargs = dict(lstm_hidden_size=16, optimizer_class=th.optim.SGD)
-    ours, ref = _pair("Pendulum-v1", policy_kwargs, n_steps=64, batch_size=32, n_epochs=2, learning_rate=1e-2)
+    ours, ref = _pair(env_id, policy_kwargs, n_steps=64, batch_size=32, n_epochs=2, learning_rate=1e-2)
     _collect(ours)
     _collect(ref)
     assert np.allclose(ours.rollout_buffer.actions, ref.rollout_buffer.actions, atol=1e-6)

@@ -190,3 +190,18 @@ def test_same_seed_same_training(tmp_path):
     b = rs.train(exp, out=tmp_path / "b", evaluate=False).load_model(device="cpu")
     for (name, pa), pb in zip(a.policy.state_dict().items(), b.policy.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_subproc_workers_sample_independently_and_episodes_are_traced(tmp_path):
+    import csv
+
+    exp = write_experiment(tmp_path, checkpoint=0)
+    exp.write_text(exp.read_text().replace("n_envs = 2", 'n_envs = 2\nvec_env = "subproc"'))
+    run = rs.train(exp, out=tmp_path / "run", evaluate=False)
+    rows = list(csv.DictReader(open(run.path / "logs" / "episodes.csv")))
+    assert {r["env"] for r in rows} == {"0", "1"}
+    masses = {r["env"]: float(r["pole_mass"]) for r in rows}
+    assert masses["0"] != masses["1"]  # each worker draws its own physics
+    for r in rows:
+        assert 0.7 <= float(r["pole_mass"]) <= 1.3 and float(r["obs_noise"]) == 0.0
+        assert int(r["length"]) > 0

@@ -42,7 +42,8 @@ class DannUpdater:
         policy.discriminator = DomainDiscriminator(policy.features_dim, config.discriminator_hidden).to(agent.device)
         self.discriminator = policy.discriminator
         lr = config.lr if config.lr is not None else agent.lr_schedule(1.0)
-        self.optimizer = th.optim.Adam(self.discriminator.parameters(), lr=lr)
+        fused = th.device(agent.device).type in ("cpu", "cuda")  # one kernel per step where supported
+        self.optimizer = th.optim.Adam(self.discriminator.parameters(), lr=lr, fused=fused)
         self._stats: dict[str, list[th.Tensor]] = {}
 
     @property
@@ -90,17 +91,15 @@ class DannUpdater:
             if n >= 2:
                 record("dann/heldout_coral", coral_loss(source, target).item())
 
-    def loss(self, features: th.Tensor, mask: th.Tensor) -> th.Tensor:
+    def loss(self, source: th.Tensor) -> th.Tensor:
         """Weighted domain loss (plus alignment losses) for one minibatch.
 
         Args:
-            features: Actor encoder output for the padded minibatch, shape (B, D).
-            mask: True for real (non-padding) rows, shape (B,).
+            source: Actor encoder output for the minibatch's real (non-padding) rows, shape (N, D).
 
         Returns:
             Scalar to add to the PPO loss.
         """
-        source = features[mask]
         target = self.agent.policy.encode(self.target.sample(len(source)))
         source_logits, target_logits = self.discriminator(source), self.discriminator(target)
         domain = dann_loss(source_logits, target_logits)

@@ -147,6 +147,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
         if self._last_obs is None:
             raise RuntimeError("No previous observation was provided")
         self.policy.set_training_mode(False)
+        self.policy._rollout_kernel = None  # rebuilt from the current modules on first use
         rollout_buffer.reset()
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
@@ -161,7 +162,9 @@ class RecurrentPPO(_SB3RecurrentPPO):
             with th.inference_mode():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-                actions, values, log_probs, lstm_states = self.policy.rollout_step(obs_tensor, lstm_states, episode_starts)
+                actions, values, log_probs, lstm_states = self.policy.rollout_step(
+                    obs_tensor, lstm_states, episode_starts, bool(np.any(self._last_episode_starts))
+                )
             actions = actions.cpu().numpy()
             clipped_actions = np.clip(actions, low, high) if is_box else actions
             new_obs, rewards, dones, infos = env.step(clipped_actions)
@@ -221,34 +224,37 @@ class RecurrentPPO(_SB3RecurrentPPO):
                 actions = rollout_data.actions
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
+                # Padding rows carry no loss: evaluate and average over the real rows only
+                # (the same elements, in the same order, as sb3-contrib's ``x[mask]``).
                 mask = rollout_data.mask > 1e-8
                 values, log_prob, entropy, features = self.policy.evaluate_actions_with_features(
-                    rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
+                    rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts, mask
                 )
                 values = values.flatten()
-                advantages = rollout_data.advantages
+                advantages = rollout_data.advantages[mask]
+                old_log_prob, old_values, returns = rollout_data.old_log_prob[mask], rollout_data.old_values[mask], rollout_data.returns[mask]
                 if self.normalize_advantage:
-                    advantages = (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = th.exp(log_prob - old_log_prob)
                 policy_loss_1 = advantages * ratio
                 policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                policy_loss = -th.mean(th.min(policy_loss_1, policy_loss_2)[mask])
+                policy_loss = -th.mean(th.min(policy_loss_1, policy_loss_2))
                 if clip_range_vf is None:
                     values_pred = values
                 else:
-                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
-                value_loss = th.mean(((rollout_data.returns - values_pred) ** 2)[mask])
-                entropy_loss = -th.mean(-log_prob[mask]) if entropy is None else -th.mean(entropy[mask])
+                    values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+                value_loss = th.mean((returns - values_pred) ** 2)
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 if self._dann is not None:
-                    loss = loss + self._dann.loss(features, mask)
+                    loss = loss + self._dann.loss(features)
                 with th.no_grad():
                     stats["pg"].append(policy_loss.detach())
-                    stats["clip"].append(th.mean((th.abs(ratio - 1) > clip_range).float()[mask]))
+                    stats["clip"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
                     stats["value"].append(value_loss.detach())
                     stats["entropy"].append(entropy_loss.detach())
-                    log_ratio = log_prob - rollout_data.old_log_prob
-                    approx_kl_div = th.mean(((th.exp(log_ratio) - 1) - log_ratio)[mask]).item()
+                    log_ratio = log_prob - old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
                     approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False

@@ -160,6 +160,16 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             info["dr_params"] = self.params
         return obs, reward, terminated, truncated, info
 
+    def _route_step(self) -> None:
+        # A layer with nothing to do per step (dynamics already written, zero delay, no
+        # sensor corruption) hands ``step`` straight to the env inside: the instance
+        # attribute shadows the method, so a passive layer costs no Python frame on the
+        # hot path. Decided again after every sample.
+        if self.resample_every or self._steps_work():
+            self.__dict__.pop("step", None)
+        else:
+            self.step = self.env.step
+
     def _resample(self) -> None:
         if self._pinned is not None:
             drawn = dict(self._pinned)
@@ -168,6 +178,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         values = {p.name: float(drawn[p.name]) if p.name in drawn else self.nominal_value(p.name) for p in self.space}
         self._apply(values)
         self._values = values
+        self._route_step()
 
     # -- hooks for subclasses ---------------------------------------------------------
     def nominal_value(self, name: str) -> float:
@@ -179,6 +190,10 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def _apply(self, values: dict[str, float]) -> None:
         raise NotImplementedError
+
+    def _steps_work(self) -> bool:
+        """Whether :meth:`_act` or :meth:`_observe` must run on every step now."""
+        return True
 
     def _act(self, action: Any) -> Any:
         return action

@@ -95,6 +95,9 @@ class DynamicsRandomization(RandomizationWrapper):
     def nominal_value(self, name: str) -> float:
         return self._bound[self.space.index(name)].nominal_value()
 
+    def _steps_work(self) -> bool:
+        return False  # the model is written at reset; nothing happens per step
+
     def _check_value(self, name: str, value: float) -> None:
         self._bound[self.space.index(name)].check_value(value, f"param {name!r}")
 
