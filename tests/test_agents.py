@@ -10,17 +10,32 @@ from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from rlsim2real.agents import FastRecurrentRolloutBuffer, RecurrentPPO, segments
 from rlsim2real.agents.policies import _run_sequence
 
 th.set_num_threads(1)
 
+
+
+class _TinyEncoder(BaseFeaturesExtractor):
+    """A features extractor with parameters, so gradients flow through the LSTM inputs."""
+
+    def __init__(self, observation_space: spaces.Box) -> None:
+        super().__init__(observation_space, 6)
+        self.net = th.nn.Sequential(th.nn.Flatten(), th.nn.Linear(int(np.prod(observation_space.shape)), 6), th.nn.Tanh())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.net(observations)
+
+
 POLICY_SETTINGS = {
     "separate_lstms": dict(lstm_hidden_size=16),
     "shared_lstm": dict(lstm_hidden_size=16, shared_lstm=True, enable_critic_lstm=False),
     "critic_mlp": dict(lstm_hidden_size=16, enable_critic_lstm=False),
     "two_layers": dict(lstm_hidden_size=16, n_lstm_layers=2),
+    "trainable_encoders": dict(lstm_hidden_size=16, features_extractor_class=_TinyEncoder, share_features_extractor=False),
 }
 N_STEPS, N_ENVS = 40, 3
 

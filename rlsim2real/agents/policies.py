@@ -1,7 +1,7 @@
-"""Recurrent actor-critic policies with a single-call LSTM sequence path and a lean rollout step.
+"""Recurrent actor-critic policies with fast LSTM sequence paths and a lean rollout step.
 
 Same modules, parameter names and math as sb3-contrib's policies, so state dicts are
-interchangeable; only how the LSTM is driven changes.
+interchangeable; only how the LSTM is driven (and which padding rows are computed) changes.
 """
 
 from __future__ import annotations

@@ -29,9 +29,11 @@ class RecurrentPPO(_SB3RecurrentPPO):
     """Drop-in :class:`sb3_contrib.RecurrentPPO` with fast LSTM paths and an optional DANN encoder.
 
     Same constructor, defaults, checkpoint layout and results (up to float rounding) as
-    sb3-contrib. The policy aliases resolve to :mod:`rlsim2real.agents.policies`, whose LSTM
-    runs once per minibatch instead of once per time step; rollouts use a lean inference
-    step; the buffer pads minibatches with vectorized indexing.
+    sb3-contrib. The policy aliases resolve to :mod:`rlsim2real.agents.policies`: in the
+    update the LSTMs run a few calls per minibatch (length-sorted segments that skip most
+    padding) instead of one per time step, and the heads and losses see only real rows;
+    rollouts use a lean inference step; the buffer pads minibatches with vectorized indexing;
+    Adam runs fused.
 
     Args:
         *args: As for :class:`sb3_contrib.RecurrentPPO`.
@@ -232,7 +234,8 @@ class RecurrentPPO(_SB3RecurrentPPO):
                 )
                 values = values.flatten()
                 advantages = rollout_data.advantages[mask]
-                old_log_prob, old_values, returns = rollout_data.old_log_prob[mask], rollout_data.old_values[mask], rollout_data.returns[mask]
+                old_log_prob, old_values = rollout_data.old_log_prob[mask], rollout_data.old_values[mask]
+                returns = rollout_data.returns[mask]
                 if self.normalize_advantage:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
                 ratio = th.exp(log_prob - old_log_prob)

@@ -136,7 +136,9 @@ class RolloutKernel:
         self.action_head = _layers(policy.action_net)
         self.action_shape = (-1, *policy.action_space.shape)
 
-    def __call__(self, obs: th.Tensor | dict[str, th.Tensor], lstm_states: RNNStates, episode_starts: th.Tensor, any_start: bool) -> RolloutStep:
+    def __call__(
+        self, obs: th.Tensor | dict[str, th.Tensor], lstm_states: RNNStates, episode_starts: th.Tensor, any_start: bool
+    ) -> RolloutStep:
         """One step (call under no-grad or inference mode).
 
         Args:

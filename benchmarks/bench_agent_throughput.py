@@ -1,0 +1,195 @@
+"""Training throughput of rlsim2real's RecurrentPPO vs sb3-contrib's and SB3's PPO (MLP) on Hopper-v5.
+
+All variants share one process and are interleaved round by round (A, B, C, D, A, B, ...)
+so that a noisy machine slows them alike. Each round calls ``learn`` for a few rollouts
+with ``reset_num_timesteps=False``; a callback splits wall time into rollout collection
+and the update phase (``train()``). The first round of every variant is a warm-up and is
+not counted.
+
+Run:
+    python benchmarks/bench_agent_throughput.py            # default, ~4-8 min on 2 cores
+    python benchmarks/bench_agent_throughput.py --quick    # smoke run
+
+Writes benchmarks/results/agent_throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import sb3_contrib
+import stable_baselines3
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlsim2real.agents import RecurrentPPO  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = {
+    "a_defaults_1env": dict(n_envs=1, n_steps=128, batch_size=128, n_epochs=10),
+    "b_8env": dict(n_envs=8, n_steps=512, batch_size=256, n_epochs=4),
+}
+VARIANTS = ("sb3_contrib", "ours", "ours_dann", "sb3_ppo_mlp")
+
+
+class PhaseTimer(BaseCallback):
+    """Accumulates wall time spent collecting rollouts; the rest of ``learn`` is the update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rollout_s = 0.0
+        self.rollouts = 0
+
+    def _on_rollout_start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.rollout_s += time.perf_counter() - self._t0
+        self.rollouts += 1
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def target_observations(n: int = 2048, seed: int = 0) -> np.ndarray:
+    """Hopper observations under random actions, offset to stand in for a shifted sensor."""
+    env = gym.make("Hopper-v5")
+    obs, _ = env.reset(seed=seed)
+    rows = []
+    rng = np.random.default_rng(seed)
+    while len(rows) < n:
+        obs, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, size=3))
+        rows.append(obs + 0.1)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return np.asarray(rows, dtype=np.float32)
+
+
+def build(variant: str, cfg: dict, seed: int):
+    env = make_vec_env("Hopper-v5", n_envs=cfg["n_envs"], seed=seed)
+    kw = dict(n_steps=cfg["n_steps"], batch_size=cfg["batch_size"], n_epochs=cfg["n_epochs"], seed=seed, device="cpu")
+    if variant == "sb3_contrib":
+        return sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, **kw)
+    if variant == "ours":
+        return RecurrentPPO("MlpLstmPolicy", env, **kw)
+    if variant == "ours_dann":
+        model = RecurrentPPO("MlpLstmPolicy", env, dann=dict(enabled=True, weight=0.1, schedule="ganin", gamma=10), **kw)
+        model.set_target_observations(target_observations(seed=seed))
+        return model
+    return PPO("MlpPolicy", env, **kw)
+
+
+def run_config(name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed: int) -> dict:
+    steps_per_rollout = cfg["n_envs"] * cfg["n_steps"]
+    models = {v: build(v, cfg, seed) for v in VARIANTS}
+    totals = {v: {"wall_s": 0.0, "rollout_s": 0.0, "rollouts": 0} for v in VARIANTS}
+    for rnd in range(rounds + 1):
+        for variant in VARIANTS:
+            timer = PhaseTimer()
+            n = 1 if rnd == 0 else rollouts_per_round
+            t0 = time.perf_counter()
+            models[variant].learn(n * steps_per_rollout, callback=timer, reset_num_timesteps=rnd == 0)
+            wall = time.perf_counter() - t0
+            if rnd > 0:  # round 0 warms caches, allocators and the env
+                totals[variant]["wall_s"] += wall
+                totals[variant]["rollout_s"] += timer.rollout_s
+                totals[variant]["rollouts"] += timer.rollouts
+            print(f"[{name}] round {rnd} {variant}: {wall:.2f}s", flush=True)
+    out = {}
+    for variant, t in totals.items():
+        k = max(t["rollouts"], 1)
+        out[variant] = {
+            "rollouts": t["rollouts"],
+            "update_s_per_rollout": (t["wall_s"] - t["rollout_s"]) / k,
+            "rollout_s_per_rollout": t["rollout_s"] / k,
+            "env_steps_per_s": t["rollouts"] * steps_per_rollout / t["wall_s"],
+        }
+    ref, ours, dann, mlp = (out[v] for v in VARIANTS)
+    out["ratios"] = {
+        "update_speedup_vs_sb3_contrib": ref["update_s_per_rollout"] / ours["update_s_per_rollout"],
+        "rollout_speedup_vs_sb3_contrib": ref["rollout_s_per_rollout"] / ours["rollout_s_per_rollout"],
+        "end_to_end_vs_sb3_contrib": ours["env_steps_per_s"] / ref["env_steps_per_s"],
+        "end_to_end_vs_sb3_ppo_mlp": ours["env_steps_per_s"] / mlp["env_steps_per_s"],
+        "dann_slowdown_vs_ours": ours["env_steps_per_s"] / dann["env_steps_per_s"] - 1.0,
+    }
+    return out
+
+
+GOALS = {
+    "update_speedup_vs_sb3_contrib": (">=", 10.0),
+    "rollout_speedup_vs_sb3_contrib": (">=", 2.0),
+    "end_to_end_vs_sb3_contrib": (">=", 5.0),
+    "end_to_end_vs_sb3_ppo_mlp": (">=", 0.6),
+    "dann_slowdown_vs_ours": ("<=", 0.15),
+}
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Agent training throughput (Hopper-v5)", "", f"Command: `{report['command']}`", "",
+             f"Machine: {report['machine']}", "",
+             f"1-minute load average at start / end: {report['load_average_1min_at_start']:.2f} / "
+             f"{report['load_average_1min_at_end']:.2f} (other jobs on the machine inflate absolute times; "
+             "variants are interleaved so ratios are fairer than absolutes)", ""]
+    for name, res in report["configs"].items():
+        lines += [f"## {name}: {CONFIGS[name]}", "", "| variant | update s/rollout | rollout s/rollout | env steps/s |",
+                  "|---|---:|---:|---:|"]
+        for v in VARIANTS:
+            r = res[v]
+            lines.append(f"| {v} | {r['update_s_per_rollout']:.3f} | {r['rollout_s_per_rollout']:.3f} | {r['env_steps_per_s']:.0f} |")
+        previous = report.get("previous_ratios", {}).get(name, {})
+        lines += ["", "| ratio | value | previous run | goal | met |", "|---|---:|---:|---|---|"]
+        for key, (op, goal) in GOALS.items():
+            val = res["ratios"][key]
+            met = val >= goal if op == ">=" else val <= goal
+            before = f"{previous[key]:.2f}" if key in previous else "-"
+            lines.append(f"| {key} | {val:.2f} | {before} | {op} {goal} | {'yes' if met else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one counted round of one rollout")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every variant")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+    rounds = 1 if args.quick else args.rounds
+    per_round = {"a_defaults_1env": 1 if args.quick else 4, "b_8env": 1}
+    report = {
+        "command": "python " + " ".join([os.path.relpath(__file__, Path(__file__).resolve().parents[1]), *sys.argv[1:]]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{'CUDA ' + th.cuda.get_device_name() if th.cuda.is_available() else 'no GPU'}; Python {platform.python_version()}, "
+        f"torch {th.__version__} ({args.threads} thread(s)), SB3 {stable_baselines3.__version__}, "
+        f"sb3-contrib {sb3_contrib.__version__}",
+        "settings": {"rounds": rounds, "rollouts_per_round": per_round, "configs": CONFIGS, "seed": args.seed},
+        "configs": {},
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }
+    previous = RESULTS / "agent_throughput.json"
+    if previous.exists():  # the ratios of the last recorded run, shown next to the new ones
+        old = json.loads(previous.read_text())
+        report["previous_ratios"] = {name: res["ratios"] for name, res in old["configs"].items()}
+    for name, cfg in CONFIGS.items():
+        report["configs"][name] = run_config(name, cfg, rounds, per_round[name], args.seed)
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "agent_throughput.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / "agent_throughput.md").write_text(render_markdown(report))
+    print(render_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
