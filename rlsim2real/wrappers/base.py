@@ -61,6 +61,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._pending_seed = seed
         self._rng = self._make_rng(seed)
         self._values: dict[str, float] = {}
+        self._nominal_values: dict[str, float] | None = None
         self._steps = 0
         # The next randomization layer inside, found once: calls that concern every layer
         # are passed to it (``has_wrapper_attr`` would evaluate ``params`` at every level).
@@ -175,7 +176,9 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
             drawn = dict(self._pinned)
         else:
             drawn = self._distribution.sample(self._rng)
-        values = {p.name: float(drawn[p.name]) if p.name in drawn else self.nominal_value(p.name) for p in self.space}
+        if self._nominal_values is None:  # nominal values never change: look them up once
+            self._nominal_values = {p.name: self.nominal_value(p.name) for p in self.space}
+        values = {name: float(drawn[name]) if name in drawn else nominal for name, nominal in self._nominal_values.items()}
         self._apply(values)
         self._values = values
         self._route_step()

@@ -83,6 +83,16 @@ class DynamicsRandomization(RandomizationWrapper):
             nominal_mass = self._nominal["body_mass"]
             self._mass_positive = nominal_mass > 0
             self._mass_divisor = np.where(self._mass_positive, nominal_mass, 1.0)
+        else:
+            self._mass_positive = None
+        # Live views of the model's arrays; scalar options (opt.timestep, ...) have no view
+        # and are written through a one-element buffer.
+        self._live = {f: field_array(model, f) for f in self._nominal}
+        self._scalar_opts = [
+            f for f in self._live if f.startswith("opt.") and not isinstance(getattr(model.opt, f[4:]), np.ndarray)
+        ]
+        for f in self._scalar_opts:
+            self._live[f] = np.array(self._nominal[f], copy=True)
         self._scratch = mujoco.MjData(model) if self._needs_const else None
         self._applied: dict[str, float] | None = None
 
@@ -108,21 +118,23 @@ class DynamicsRandomization(RandomizationWrapper):
     def _apply(self, values: dict[str, float]) -> None:
         if values == self._applied:
             return
-        work = {f: nom.copy() for f, nom in self._nominal.items()}
-        flat = {f: arr.reshape(-1) for f, arr in work.items()}  # views of the copies
+        # Restore the nominal values, then write each term, straight into the model's arrays.
+        live = self._live
+        for f, nominal in self._nominal.items():
+            live[f][...] = nominal
         for name, mode, f, index, nominal in self._plan:
             value = values[name]
+            flat = live[f].reshape(-1)
             if mode == "scale":
-                flat[f][index] = nominal * value
+                flat[index] = nominal * value
             elif mode == "add":
-                flat[f][index] = nominal + value
+                flat[index] = nominal + value
             else:
-                flat[f][index] = value
-        if "body_mass" in work:
-            ratio = np.where(self._mass_positive, work["body_mass"] / self._mass_divisor, 1.0)
-            work["body_inertia"] *= ratio[:, None]
-        for f, arr in work.items():
-            write_field(self._model, f, arr)
+                flat[index] = value
+        if self._mass_positive is not None:
+            live["body_inertia"] *= np.where(self._mass_positive, live["body_mass"] / self._mass_divisor, 1.0)[:, None]
+        for f in self._scalar_opts:
+            write_field(self._model, f, live[f])
         if self._needs_const:
             mujoco.mj_setConst(self._model, self._scratch)
         self._applied = dict(values)

@@ -122,6 +122,7 @@ class ObservationNoise(RandomizationWrapper):
         self._nominal_flat = {k: v.reshape(-1) for k, v in self._nominal.items()}
         self._plan = [(p.name, p.mode, field, idx, self._nominal_flat[field][idx]) for p, field, idx in self._targets]
         self._set_current({k: v.copy() for k, v in self._nominal.items()})
+        self._applied: dict[str, float] | None = None
 
     def nominal_value(self, name: str) -> float:
         p, field, idx = self._targets[self.space.index(name)]
@@ -137,11 +138,15 @@ class ObservationNoise(RandomizationWrapper):
                 raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
 
     def _apply(self, values: dict[str, float]) -> None:
+        self._noise_row = len(self._noise_block)  # fresh noise from the (maybe re-seeded) generator
+        if values == self._applied:
+            return
         current = {k: v.copy() for k, v in self._nominal_flat.items()}
         for name, mode, field, idx, nominal in self._plan:
             current[field][idx] = _apply_mode(mode, nominal, values[name])
         shape = self.observation_space.shape
         self._set_current({k: v.reshape(shape) for k, v in current.items()})
+        self._applied = dict(values)
 
     def _next_offset(self) -> np.ndarray:
         # bias + std * N(0, 1), drawn in blocks: one generator call and one vectorized
