@@ -75,6 +75,7 @@ class BoxDistribution(Distribution):
         self._lo = low[self._flat]
         self._width = (high - low)[self._flat]
         self._log = is_log[self._flat]
+        self._any_log = bool(self._log.any())
         self._others = [(i, p) for i, p in enumerate(params) if not self._flat[i]]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -88,10 +89,14 @@ class BoxDistribution(Distribution):
         return self.space.names
 
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
+        if not self._names:
+            return {}
         values = np.empty(len(self._names))
         if self._lo.size:
             u = self._lo + self._width * rng.random(self._lo.size)
-            values[self._flat] = np.where(self._log, np.exp(u), u)
+            if self._any_log:
+                u = np.where(self._log, np.exp(u), u)
+            values[self._flat] = u
         for i, p in self._others:
             values[i] = p.sample(rng)
         return dict(zip(self._names, values.tolist()))

@@ -121,7 +121,7 @@ class ObservationNoise(RandomizationWrapper):
                 self._check_value(p.name, value)
         self._nominal_flat = {k: v.reshape(-1) for k, v in self._nominal.items()}
         self._plan = [(p.name, p.mode, field, idx, self._nominal_flat[field][idx]) for p, field, idx in self._targets]
-        self._set_current({k: v.copy() for k, v in self._nominal.items()})
+        self._set_current({k: v.copy() for k, v in self._nominal_flat.items()})
         self._applied: dict[str, float] | None = None
 
     def nominal_value(self, name: str) -> float:
@@ -144,8 +144,7 @@ class ObservationNoise(RandomizationWrapper):
         current = {k: v.copy() for k, v in self._nominal_flat.items()}
         for name, mode, field, idx, nominal in self._plan:
             current[field][idx] = _apply_mode(mode, nominal, values[name])
-        shape = self.observation_space.shape
-        self._set_current({k: v.reshape(shape) for k, v in current.items()})
+        self._set_current(current)
         self._applied = dict(values)
 
     def _next_offset(self) -> np.ndarray:
@@ -162,6 +161,8 @@ class ObservationNoise(RandomizationWrapper):
 
     def _set_current(self, current: dict[str, np.ndarray]) -> None:
         # Unpacked once per sample so that the per-step path is plain array arithmetic.
+        shape = self.observation_space.shape
+        current = {k: v.reshape(shape) for k, v in current.items()}
         self._current = current
         self._scale, self._bias, self._std = current["obs.scale"], current["obs.bias"], current["obs.noise_std"]
         self._noisy = bool(self._std.any())
