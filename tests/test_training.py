@@ -205,3 +205,30 @@ def test_subproc_workers_sample_independently_and_episodes_are_traced(tmp_path):
     for r in rows:
         assert 0.7 <= float(r["pole_mass"]) <= 1.3 and float(r["obs_noise"]) == 0.0
         assert int(r["length"]) > 0
+
+
+def test_dann_resume_continues_lambda_schedule(tmp_path):
+    import csv
+
+    exp = tmp_path / "dann.toml"
+    exp.write_text(
+        DANN.format(target='set = "sensor_shift"\nepisodes = 1\nrefresh_every = 0').replace(
+            "n_envs = 2", "n_envs = 2\ncheckpoint_every = 128"
+        )
+    )
+    out = tmp_path / "run"
+    rs.train(exp, out=out, timesteps=256, evaluate=False)
+    ckpt = Run.open(out).checkpoints()[0]
+    for later in Run.open(out).checkpoints()[1:]:
+        for f in later.iterdir():
+            f.unlink()
+        later.rmdir()
+    (out / "model.zip").unlink()
+    step0 = int(ckpt.name.split("_")[1])
+    rs.train(exp, out=out, timesteps=512, resume=True, evaluate=False)
+    rows = [r for r in csv.DictReader(open(out / "logs" / "progress.csv")) if r.get("dann/progress")]
+    progress = [float(r["dann/progress"]) for r in rows]
+    # The schedule's horizon is the first run's budget (256 steps): after resuming from the
+    # checkpoint, progress starts where the checkpoint left it, not at zero.
+    assert progress[-1] == 1.0
+    assert min(progress[-2:]) >= step0 / 256 - 1e-9
