@@ -91,6 +91,11 @@ class BoxDistribution(Distribution):
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         if not self._names:
             return {}
+        if not self._others:  # the common case: every dimension uniform or loguniform
+            u = self._lo + self._width * rng.random(self._lo.size)
+            if self._any_log:
+                u = np.where(self._log, np.exp(u), u)
+            return dict(zip(self._names, u.tolist()))
         values = np.empty(len(self._names))
         if self._lo.size:
             u = self._lo + self._width * rng.random(self._lo.size)

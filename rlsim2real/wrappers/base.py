@@ -166,10 +166,17 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # sensor corruption) hands ``step`` straight to the env inside: the instance
         # attribute shadows the method, so a passive layer costs no Python frame on the
         # hot path. Decided again after every sample.
-        if self.resample_every or self._steps_work():
+        if self.resample_every:
             self.__dict__.pop("step", None)
-        else:
+        elif not self._steps_work():
             self.step = self.env.step
+        else:
+            self.step = self._fast_step
+
+    def _fast_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """``step`` without the resampling bookkeeping; subclasses may specialize it."""
+        obs, reward, terminated, truncated, info = self.env.step(self._act(action))
+        return self._observe(obs), reward, terminated, truncated, info
 
     def _resample(self) -> None:
         if self._pinned is not None:

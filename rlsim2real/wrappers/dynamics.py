@@ -93,6 +93,9 @@ class DynamicsRandomization(RandomizationWrapper):
         ]
         for f in self._scalar_opts:
             self._live[f] = np.array(self._nominal[f], copy=True)
+        self._live_flat = {f: arr.reshape(-1) for f, arr in self._live.items()}
+        if any(not np.shares_memory(self._live_flat[f], self._live[f]) for f in self._live):
+            raise RuntimeError("MjModel field arrays are expected to be contiguous")
         self._scratch = mujoco.MjData(model) if self._needs_const else None
         self._applied: dict[str, float] | None = None
 
@@ -122,9 +125,10 @@ class DynamicsRandomization(RandomizationWrapper):
         live = self._live
         for f, nominal in self._nominal.items():
             live[f][...] = nominal
+        live_flat = self._live_flat
         for name, mode, f, index, nominal in self._plan:
             value = values[name]
-            flat = live[f].reshape(-1)
+            flat = live_flat[f]
             if mode == "scale":
                 flat[index] = nominal * value
             elif mode == "add":

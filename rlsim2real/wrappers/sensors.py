@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -173,6 +173,10 @@ class ObservationNoise(RandomizationWrapper):
     def _steps_work(self) -> bool:
         return not self._identity
 
+    def _fast_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._observe(obs), reward, terminated, truncated, info
+
     def _observe(self, obs: Any) -> Any:
         if self._identity:
             return obs
@@ -257,6 +261,11 @@ class ActionDelay(RandomizationWrapper):
 
     def _steps_work(self) -> bool:
         return self.delay > 0
+
+    def _fast_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        queue = self._queue
+        queue.append(np.array(action, copy=True))
+        return self.env.step(queue.popleft())
 
     def _act(self, action: Any) -> Any:
         if self.delay == 0:
