@@ -457,6 +457,9 @@ def algorithm_class(algorithm: str) -> type:
     raise SpecError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
 
 
+_POSITIVE_INTS = ("n_steps", "batch_size", "n_epochs")
+_UNIT_INTERVAL = ("gamma", "gae_lambda")
+_NONNEGATIVE = ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm")
 _RUNNER_OWNED = ("policy", "env", "policy_kwargs", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model")
 
 
@@ -476,9 +479,15 @@ def check_hyperparameters(algorithm: str, hyper: Mapping[str, Any], where: str) 
                     accepted.append(n)
         if not any(prm.kind == prm.VAR_KEYWORD for prm in sig.values()):
             break
-    for key in hyper:
+    for key, value in hyper.items():
         if key not in accepted:
             raise SpecError(f"{where}: unknown hyperparameter {key!r} for {algorithm}; expected one of {', '.join(accepted)}")
+        if key in _POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError(f"{where}.{key}: expected an integer >= 1, got {value!r}")
+        if key in _UNIT_INTERVAL and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+            raise SpecError(f"{where}.{key}: expected a number in (0, 1], got {value!r}")
+        if key in _NONNEGATIVE and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise SpecError(f"{where}.{key}: expected a number >= 0, got {value!r}")
 
 
 def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> AgentSpec:

@@ -246,11 +246,11 @@ def train(
         if not ckpts:
             raise SpecError(f"{run_dir}: cannot resume: no checkpoint yet")
         checkpoint = ckpts[-1]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = spec.to_dict()
-    if not resume:
-        write_json(run_dir / "config.json", config)
-    write_json(run_dir / "run.json", {"status": "running", "timesteps": 0})
+    if str(spec.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError(f"device {spec.device!r}: no CUDA device is available here; use --device auto or cpu")
 
     strategy = make_strategy(spec.strategy, spec.env)
     if checkpoint is not None:
@@ -258,27 +258,22 @@ def train(
 
         strategy.load_state_dict(json.loads((checkpoint / "strategy.json").read_text()))
     venv = make_vec_env(spec.env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env)
-    if spec.normalize:
-        stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
-        venv = VecNormalize.load(str(stats), venv) if stats and stats.is_file() else VecNormalize(venv)
-        venv.training = True
-    strategy.broadcast(venv)
+    try:
+        if spec.normalize:
+            stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
+            venv = VecNormalize.load(str(stats), venv) if stats and stats.is_file() else VecNormalize(venv)
+            venv.training = True
+        strategy.broadcast(venv)
+        model = _build_model(spec, venv, checkpoint, verbose)
+    except BaseException:
+        venv.close()
+        raise
+    # Only now, with specs, envs and model all built, does the run directory appear.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_json(run_dir / "config.json", spec.to_dict())
+    write_json(run_dir / "run.json", {"status": "running", "timesteps": int(model.num_timesteps)})
 
-    cls = algorithm_class(spec.agent.algorithm)
-    if checkpoint is not None:
-        model = cls.load(checkpoint / "model.zip", env=venv, device=spec.device)
-    else:
-        extra = {"dann": dict(spec.agent.dann)} if spec.agent.dann else {}
-        model = cls(
-            spec.agent.policy,
-            venv,
-            seed=spec.seed,
-            device=spec.device,
-            verbose=verbose,
-            policy_kwargs=_policy_kwargs(spec.agent.policy_kwargs),
-            **extra,
-            **spec.agent.hyperparameters,
-        )
     if getattr(model, "dann_enabled", False):
         normalizer = venv if isinstance(venv, VecNormalize) else None
         model.set_target_provider(TargetSource(spec.env, spec.target, model, normalizer, spec.seed + 50_000, obs_shape))
@@ -313,6 +308,29 @@ def train(
         report = evaluate_transfer(run, episodes=spec.eval_episodes, sets=spec.eval_sets, grid=spec.eval_grid)
         print(report.table())
     return run
+
+
+def _build_model(spec: ExperimentSpec, venv: VecEnv, checkpoint: Path | None, verbose: int) -> Any:
+    cls = algorithm_class(spec.agent.algorithm)
+    if checkpoint is not None:
+        return cls.load(checkpoint / "model.zip", env=venv, device=spec.device)
+    extra = {"dann": dict(spec.agent.dann)} if spec.agent.dann else {}
+    where = spec.agent.path or spec.agent.name
+    try:
+        return cls(
+            spec.agent.policy,
+            venv,
+            seed=spec.seed,
+            device=spec.device,
+            verbose=verbose,
+            policy_kwargs=_policy_kwargs(spec.agent.policy_kwargs),
+            **extra,
+            **spec.agent.hyperparameters,
+        )
+    except (ValueError, TypeError, AssertionError, KeyError) as exc:
+        # SB3 checks hyperparameter values (batch sizes, policy names) when it builds the
+        # model: report them as spec errors, in one line, naming the agent file.
+        raise SpecError(f"{where}: cannot build {spec.agent.algorithm} with these settings: {type(exc).__name__}: {exc}") from None
 
 
 def _observation_shape(spec: EnvSpec) -> tuple[int, ...]:

@@ -232,3 +232,22 @@ def test_dann_resume_continues_lambda_schedule(tmp_path):
     # checkpoint, progress starts where the checkpoint left it, not at zero.
     assert progress[-1] == 1.0
     assert min(progress[-2:]) >= step0 / 256 - 1e-9
+
+
+def test_bad_hyperparameter_value_is_one_line_and_leaves_no_run(tmp_path):
+    exp = write_experiment(tmp_path, checkpoint=0)
+    exp.write_text(exp.read_text().replace("n_steps = 64", "n_steps = 0"))
+    res = cli("train", str(exp), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "hyperparameters.n_steps: expected an integer >= 1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+    # Values only SB3 itself can judge (here: a policy name) fail while the model is built,
+    # still before a run directory exists.
+    agent = tmp_path / "odd_agent.toml"
+    agent.write_text('[agent]\nalgorithm = "ppo"\npolicy = "NoSuchPolicy"\n')
+    write_experiment(tmp_path, agent=str(agent), checkpoint=0)
+    res = cli("train", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "odd_agent.toml: cannot build ppo" in res.stderr and "NoSuchPolicy" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
