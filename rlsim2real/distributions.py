@@ -72,10 +72,14 @@ class BoxDistribution(Distribution):
             return np.where(is_log, np.log(np.where(is_log, x, 1.0)), x)
 
         low, high = scaled(space.low), scaled(space.high)
-        self._lo = low[self._flat]
-        self._width = (high - low)[self._flat]
-        self._log = is_log[self._flat]
-        self._any_log = bool(self._log.any())
+        # Bounds of the uniform/loguniform dimensions as Python floats: a layer holds a
+        # handful of parameters, and scalar arithmetic on a short list is cheaper than numpy
+        # calls on tiny arrays (the same IEEE operations, so the same values).
+        self._lo = low[self._flat].tolist()
+        self._width = (high - low)[self._flat].tolist()
+        self._n_flat = len(self._lo)
+        self._log_at = np.flatnonzero(is_log[self._flat]).tolist()
+        self._flat_at = np.flatnonzero(self._flat).tolist()
         self._others = [(i, p) for i, p in enumerate(params) if not self._flat[i]]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -91,20 +95,22 @@ class BoxDistribution(Distribution):
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         if not self._names:
             return {}
+        # One generator call for every flat dimension, then the truncated normals in order.
+        n = self._n_flat
+        u = rng.random(n).tolist() if n > 1 else [rng.random()] if n else []
+        flat = [lo + width * x for lo, width, x in zip(self._lo, self._width, u)]
+        for i in self._log_at:
+            # numpy's exp, not math.exp: the two can differ in the last bit, and a seed
+            # must keep giving the same parameters.
+            flat[i] = float(np.exp(flat[i]))
         if not self._others:  # the common case: every dimension uniform or loguniform
-            u = self._lo + self._width * rng.random(self._lo.size)
-            if self._any_log:
-                u = np.where(self._log, np.exp(u), u)
-            return dict(zip(self._names, u.tolist()))
-        values = np.empty(len(self._names))
-        if self._lo.size:
-            u = self._lo + self._width * rng.random(self._lo.size)
-            if self._any_log:
-                u = np.where(self._log, np.exp(u), u)
-            values[self._flat] = u
+            return dict(zip(self._names, flat))
+        values: list[float] = [0.0] * len(self._names)
+        for i, value in zip(self._flat_at, flat):
+            values[i] = value
         for i, p in self._others:
-            values[i] = p.sample(rng)
-        return dict(zip(self._names, values.tolist()))
+            values[i] = float(p.sample(rng))
+        return dict(zip(self._names, values))
 
     def subset(self, names: Iterable[str]) -> "BoxDistribution":
         return BoxDistribution(self.space.subset(names))

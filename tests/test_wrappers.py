@@ -317,3 +317,84 @@ def test_layers_talk_through_other_wrappers_in_between():
     env.unpin()
     _, info = env.reset()
     assert info["dr_params"] == {"torso_mass": 0.6, "bias": 0.0}
+
+
+def _fresh_constants(model) -> dict[str, np.ndarray]:
+    """Derived constants recomputed from scratch on a copy of ``model`` (its current fields)."""
+    import copy
+
+    import mujoco
+
+    fresh = copy.deepcopy(model)
+    mujoco.mj_setConst(fresh, mujoco.MjData(fresh))
+    return {f: getattr(fresh, f).copy() for f in ("body_subtreemass", "dof_invweight0", "body_invweight0", "actuator_acc0")}
+
+
+def test_set_const_runs_when_masses_or_gears_change_and_is_skipped_for_friction_alone(monkeypatch):
+    import rlsim2real.wrappers.dynamics as dynamics
+
+    calls = []
+    real = dynamics.mujoco.mj_setConst
+    monkeypatch.setattr(dynamics.mujoco, "mj_setConst", lambda m, d: calls.append(1) or real(m, d))
+    space = [Param("torso_mass", "body_mass[torso]", (0.5, 1.5)), Param("friction", "geom_friction[*,0]", (0.5, 1.5)),
+             Param("gear", "actuator_gear[*,0]", (0.5, 1.5))]
+    env = DynamicsRandomization(gym.make("Hopper-v5"), space, seed=0)
+    model = env.unwrapped.model
+    for pinned, runs in [({"torso_mass": 1.3}, True), ({"torso_mass": 1.3, "friction": 0.7}, False),
+                         ({"torso_mass": 1.3, "friction": 1.2, "gear": 0.8}, True), ({"friction": 1.2, "gear": 0.8}, True)]:
+        calls.clear()
+        env.pin(pinned)
+        env.reset()
+        assert bool(calls) == runs, pinned
+        for field, expected in _fresh_constants(model).items():
+            np.testing.assert_array_equal(getattr(model, field), expected, err_msg=f"{pinned}: {field}")
+
+
+def test_overlapping_and_mixed_mode_terms_land_as_if_written_one_after_another():
+    space = [Param("all_mass", "body_mass[*]", (0.5, 1.5)), Param("torso_mass", "body_mass[torso]", (0.5, 1.5)),
+             Param("friction", "geom_friction[*,0]", (0.5, 1.5)), Param("floor", "geom_friction[floor,0]", (0.2, 0.3), mode="abs"),
+             Param("damping", "dof_damping[*]", (0.5, 2.0))]
+    env = DynamicsRandomization(gym.make("Hopper-v5"), space, seed=0)
+    nominal = nominal_model()
+    values = {"all_mass": 1.2, "torso_mass": 0.9, "friction": 1.1, "floor": 0.25, "damping": 1.5}
+    env.pin(values)
+    env.reset()
+    model = env.unwrapped.model
+    mass = nominal.body_mass * 1.2
+    mass[0], mass[1] = nominal.body_mass[0], nominal.body_mass[1] * 0.9  # the world body is never scaled
+    np.testing.assert_array_equal(model.body_mass, mass)
+    ratio = np.where(nominal.body_mass > 0, mass / np.where(nominal.body_mass > 0, nominal.body_mass, 1.0), 1.0)
+    np.testing.assert_array_equal(model.body_inertia, nominal.body_inertia * ratio[:, None])
+    friction = nominal.geom_friction.copy()
+    friction[:, 0] *= 1.1
+    friction[0, 0] = 0.25  # the floor: the later term wins
+    np.testing.assert_array_equal(model.geom_friction, friction)
+    np.testing.assert_array_equal(model.dof_damping, nominal.dof_damping * 1.5)
+
+
+def test_uniform_and_per_dimension_sensor_terms_give_the_same_observations():
+    dim = gym.make("Hopper-v5").observation_space.shape[0]
+    space = [Param("noise", "obs.noise_std[*]", (0.01, 0.05), mode="add"), Param("bias", "obs.bias[*]", (0.0, 0.1), mode="add"),
+             Param("scale", "obs.scale[*]", (0.9, 1.1))]
+
+    def run(**nominal):
+        env = ObservationNoise(gym.make("Hopper-v5"), space, seed=3, **nominal)
+        obs = [env.reset(seed=3)[0]]
+        obs += [env.step(a)[0] for a in actions("hopper")[:40]]
+        return np.array(obs)
+
+    uniform = run(noise_std=0.01, bias=0.02, scale=1.05)
+    per_dim = run(noise_std=np.full(dim, 0.01), bias=np.full(dim, 0.02), scale=np.full(dim, 1.05))
+    np.testing.assert_array_equal(uniform, per_dim)
+    assert uniform.dtype == np.float64
+
+
+def test_dr_params_is_a_fresh_dict_per_reset_and_matches_params():
+    env = rs.make_env("hopper", seed=0)
+    _, info = env.reset(seed=0)
+    first = dict(info["dr_params"])
+    assert info["dr_params"] == env.get_wrapper_attr("params")
+    info["dr_params"]["torso_mass"] = -1.0  # a caller's edit does not reach the env
+    assert env.get_wrapper_attr("params") == first
+    _, again = env.reset(seed=0)
+    assert again["dr_params"] == first and again["dr_params"] is not info["dr_params"]

@@ -15,8 +15,14 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from rlsim2real.distributions import BoxDistribution, Distribution
+from rlsim2real.distributions import BoxDistribution, Distribution, Fixed
 from rlsim2real.params import Param, ParamSpace, SpecError
+
+
+# Distributions whose ``sample`` returns Python floats for names of the layer's own subset
+# only (``subset`` keeps just those), so their samples need no filtering or conversion.
+# Exact types: a subclass may override ``sample``.
+_EXACT_SAMPLERS = (BoxDistribution, Fixed)
 
 
 class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -61,6 +67,9 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._pending_seed = seed
         self._rng = self._make_rng(seed)
         self._values: dict[str, float] = {}
+        # This layer's values and those of every layer inside it, as reported in
+        # ``info["dr_params"]`` at the last reset (see ``reset``).
+        self._reset_params: dict[str, float] | None = None
         self._nominal_values: dict[str, float] | None = None
         self._steps = 0
         # The next randomization layer inside, found once: calls that concern every layer
@@ -140,7 +149,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     # -- the gym API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if seed is None and self._pending_seed is not None:
+        if seed is None:
             seed = self._pending_seed
         self._pending_seed = None
         if seed is not None:
@@ -149,7 +158,16 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._steps = 0
         obs, info = self.env.reset(seed=seed, options=options)
         obs = self._observe_reset(obs)
-        info["dr_params"] = self.params
+        # The layer inside has just been reset too and kept the dict it reported: extend a
+        # copy of it with this layer's values, rather than asking ``params`` (which would
+        # rebuild the dicts of every inner layer again, at every level).
+        inner = self._inner_layer
+        inner_params = None if inner is None else inner._reset_params
+        if inner_params is None and inner is not None:  # a wrapper between did not pass reset on
+            inner_params = inner.params
+        params = {**inner_params, **self._values} if inner_params else dict(self._values)
+        self._reset_params = params
+        info["dr_params"] = params
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -179,13 +197,20 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self._observe(obs), reward, terminated, truncated, info
 
     def _resample(self) -> None:
-        if self._pinned is not None:
-            drawn = dict(self._pinned)
-        else:
-            drawn = self._distribution.sample(self._rng)
         if self._nominal_values is None:  # nominal values never change: look them up once
             self._nominal_values = {p.name: self.nominal_value(p.name) for p in self.space}
-        values = {name: float(drawn[name]) if name in drawn else nominal for name, nominal in self._nominal_values.items()}
+        nominal = self._nominal_values
+        if self._pinned is not None:
+            drawn, exact = self._pinned, True
+        else:
+            drawn = self._distribution.sample(self._rng)
+            exact = type(self._distribution) in _EXACT_SAMPLERS
+        if exact:
+            # Python floats for a subset of this layer's names: overlaying them on the
+            # nominal values gives the same dict, in the same order, in one step.
+            values = {**nominal, **drawn}
+        else:  # any other Distribution: keep only our names, as floats
+            values = {name: float(drawn[name]) if name in drawn else value for name, value in nominal.items()}
         self._apply(values)
         self._values = values
         self._route_step()

@@ -74,17 +74,10 @@ class DynamicsRandomization(RandomizationWrapper):
         # Cached once: every sample starts from these, never from the live model.
         self._nominal = {f: np.array(field_array(model, f), copy=True) for f in sorted(fields)}
         self._needs_const = any(FIELDS[f].set_const for f in fields)
-        # Each term as flat indices into its field, element order as in ``b.nominal``, so
-        # applying a sample is one assignment per term (this runs at every reset).
+        # Each term as flat indices into its field, element order as in ``b.nominal``.
         self._plan = [
             (b.param.name, b.param.mode, b.field, self._flat_index(b), b.nominal.reshape(-1)) for b in self._bound
         ]
-        if "body_mass" in fields:
-            nominal_mass = self._nominal["body_mass"]
-            self._mass_positive = nominal_mass > 0
-            self._mass_divisor = np.where(self._mass_positive, nominal_mass, 1.0)
-        else:
-            self._mass_positive = None
         # Live views of the model's arrays; scalar options (opt.timestep, ...) have no view
         # and are written through a one-element buffer.
         self._live = {f: field_array(model, f) for f in self._nominal}
@@ -96,8 +89,56 @@ class DynamicsRandomization(RandomizationWrapper):
         self._live_flat = {f: arr.reshape(-1) for f, arr in self._live.items()}
         if any(not np.shares_memory(self._live_flat[f], self._live[f]) for f in self._live):
             raise RuntimeError("MjModel field arrays are expected to be contiguous")
+        self._plan_fields()
+        if "body_mass" in fields:
+            # Inertia follows mass: inertia = nominal inertia * (mass / nominal mass), for
+            # bodies with a positive nominal mass (ratio 1 for the others, e.g. the world).
+            nominal_mass = self._nominal["body_mass"]
+            self._mass_positive = nominal_mass > 0
+            self._mass_divisor = np.where(self._mass_positive, nominal_mass, 1.0)
+            self._mass_ratio = np.ones_like(nominal_mass)  # entries outside the mask stay 1
+            self._mass_ratio_column = self._mass_ratio[:, None]
+        else:
+            self._mass_positive = None
+        # ``mj_setConst`` is needed only when a term on a field that derived constants
+        # depend on takes a new value (friction or damping alone leave them valid).
+        self._const_names = [b.param.name for b in self._bound if FIELDS[b.field].set_const]
         self._scratch = mujoco.MjData(model) if self._needs_const else None
         self._applied: dict[str, float] | None = None
+
+    def _plan_fields(self) -> None:
+        """Decide, once, how each field is rebuilt from its nominal values at every sample.
+
+        A field whose terms all scale is rebuilt in one multiplication: nominal values times a
+        factor per element, gathered from the sampled values (factor 1 where no term writes;
+        where terms overlap, the later one wins, as it would writing one after the other). A
+        term that covers the whole field multiplies by its value directly. Fields with an
+        ``add`` or ``abs`` term are restored to nominal and written term by term.
+        """
+        self._scale_names = [name for name, mode, *_ in self._plan if mode == "scale"]
+        one = len(self._scale_names)  # index of the factor 1.0 after the sampled values
+        position = {name: k for k, name in enumerate(self._scale_names)}
+        self._whole_fields: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, nominal, live)
+        self._gathered_fields: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (owner, nominal, live)
+        self._termwise_fields: list[tuple[str, list]] = []
+        # Inertia without terms of its own is written from the mass ratio, after the masses.
+        self._inertia_has_terms = any(t[2] == "body_inertia" for t in self._plan)
+        for f in self._nominal:
+            terms = [t for t in self._plan if t[2] == f]
+            if not terms:
+                continue
+            if any(mode != "scale" for _, mode, *_ in terms) or f == "body_inertia":
+                self._termwise_fields.append((f, terms))
+                continue
+            nominal, live = self._nominal[f].reshape(-1), self._live_flat[f]
+            owner = np.full(nominal.size, one, dtype=np.intp)
+            for name, _, _, index, _ in terms:
+                owner[index] = position[name]
+            owners = set(owner.tolist())
+            if len(owners) == 1 and one not in owners:
+                self._whole_fields.append((self._scale_names[owners.pop()], nominal, live))
+            else:
+                self._gathered_fields.append((owner, nominal, live))
 
     def nominal_model_value(self, field: str) -> np.ndarray:
         """A copy of ``field`` as it was when the wrapper was built."""
@@ -121,24 +162,36 @@ class DynamicsRandomization(RandomizationWrapper):
     def _apply(self, values: dict[str, float]) -> None:
         if values == self._applied:
             return
-        # Restore the nominal values, then write each term, straight into the model's arrays.
+        # Every field is rebuilt from its cached nominal values, straight into the model's
+        # arrays: this runs at every reset, so as few numpy calls as the terms allow.
+        if self._gathered_fields:
+            factors = np.array([*map(values.__getitem__, self._scale_names), 1.0])
+            for owner, nominal, live in self._gathered_fields:
+                np.multiply(nominal, factors.take(owner), out=live)
+        for name, nominal, live in self._whole_fields:
+            np.multiply(nominal, values[name], out=live)
+        for f, terms in self._termwise_fields:
+            flat = self._live_flat[f]
+            flat[...] = self._nominal[f].reshape(-1)
+            for name, mode, _, index, nominal in terms:
+                value = values[name]
+                if mode == "scale":
+                    flat[index] = nominal * value
+                elif mode == "add":
+                    flat[index] = nominal + value
+                else:
+                    flat[index] = value
         live = self._live
-        for f, nominal in self._nominal.items():
-            live[f][...] = nominal
-        live_flat = self._live_flat
-        for name, mode, f, index, nominal in self._plan:
-            value = values[name]
-            flat = live_flat[f]
-            if mode == "scale":
-                flat[index] = nominal * value
-            elif mode == "add":
-                flat[index] = nominal + value
-            else:
-                flat[index] = value
         if self._mass_positive is not None:
-            live["body_inertia"] *= np.where(self._mass_positive, live["body_mass"] / self._mass_divisor, 1.0)[:, None]
+            np.divide(live["body_mass"], self._mass_divisor, out=self._mass_ratio, where=self._mass_positive)
+            if self._inertia_has_terms:  # already rebuilt from nominal, term by term
+                live["body_inertia"] *= self._mass_ratio_column
+            else:
+                np.multiply(self._nominal["body_inertia"], self._mass_ratio_column, out=live["body_inertia"])
         for f in self._scalar_opts:
             write_field(self._model, f, live[f])
         if self._needs_const:
-            mujoco.mj_setConst(self._model, self._scratch)
-        self._applied = dict(values)
+            applied = self._applied
+            if applied is None or any(values[name] != applied[name] for name in self._const_names):
+                mujoco.mj_setConst(self._model, self._scratch)
+        self._applied = values

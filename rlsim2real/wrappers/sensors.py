@@ -21,7 +21,10 @@ from rlsim2real.wrappers.base import RandomizationWrapper
 
 OBS_FIELDS = ("obs.noise_std", "obs.bias", "obs.scale")
 MAX_DELAY = 1000
-NOISE_BLOCK = 16  # rows of noise per generator call: amortized, yet cheap to throw away at a reset
+# Rows of noise per generator call: amortized, yet cheap to throw away at a reset. The layer's
+# generator also samples its parameters, so this size is part of what a seed reproduces.
+NOISE_BLOCK = 16
+_FLOAT64 = np.dtype(np.float64)
 
 
 def _obs_indices(element: str | None, dim: int, where: str) -> np.ndarray:
@@ -121,8 +124,30 @@ class ObservationNoise(RandomizationWrapper):
                 self._check_value(p.name, value)
         self._nominal_flat = {k: v.reshape(-1) for k, v in self._nominal.items()}
         self._plan = [(p.name, p.mode, field, idx, self._nominal_flat[field][idx]) for p, field, idx in self._targets]
-        self._set_current({k: v.copy() for k, v in self._nominal_flat.items()})
+        self._field_plans = [self._plan_field(field) for field in OBS_FIELDS]
+        self._noise_buffer = np.empty((NOISE_BLOCK, *shape))
+        self._noise_row = NOISE_BLOCK  # drawn when first needed
         self._applied: dict[str, float] | None = None
+        self._set_current(None)  # nominal until the first sample
+
+    def _plan_field(self, field: str) -> tuple[str, str, list, float | None]:
+        """How ``field`` is computed from the sampled values, decided once.
+
+        ``"nominal"``: no term. ``"whole"``: one term has the last word on every element,
+        so the vector is one operation on the nominal one. ``"termwise"``: a copy of
+        nominal, written term by term in order. When every nominal element is the same
+        number ``c`` (a scalar ``noise_std``/``bias``/``scale``, the usual case), the first
+        two give a uniform vector, kept as one float64 scalar: numpy broadcasts it alike,
+        and a reset then makes no arrays at all.
+        """
+        nominal = self._nominal_flat[field]
+        terms = [t for t in self._plan if t[2] == field]
+        owner = np.full(nominal.size, -1, dtype=np.intp)
+        for k, (_, _, _, idx, _) in enumerate(terms):
+            owner[idx] = k
+        how = "nominal" if not terms else "whole" if set(owner.tolist()) == {len(terms) - 1} else "termwise"
+        uniform = float(nominal[0]) if nominal.size and bool((nominal == nominal[0]).all()) else None
+        return field, how, terms[-1:] if how == "whole" else terms, uniform
 
     def nominal_value(self, name: str) -> float:
         p, field, idx = self._targets[self.space.index(name)]
@@ -138,54 +163,88 @@ class ObservationNoise(RandomizationWrapper):
                 raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
 
     def _apply(self, values: dict[str, float]) -> None:
-        self._noise_row = len(self._noise_block)  # fresh noise from the (maybe re-seeded) generator
+        self._noise_row = NOISE_BLOCK  # fresh noise from the (maybe re-seeded) generator
         if values == self._applied:
             return
-        current = {k: v.copy() for k, v in self._nominal_flat.items()}
-        for name, mode, field, idx, nominal in self._plan:
-            current[field][idx] = _apply_mode(mode, nominal, values[name])
-        self._set_current(current)
-        self._applied = dict(values)
+        self._set_current(values)
+        self._applied = values
 
-    def _next_offset(self) -> np.ndarray:
-        # bias + std * N(0, 1), drawn in blocks: one generator call and one vectorized
-        # multiply-add per NOISE_BLOCK steps instead of per step (seeded the same way, so
-        # episodes still repeat).
-        if self._noise_row >= len(self._noise_block):
-            draws = self._rng.standard_normal((NOISE_BLOCK, *self._std.shape))
-            self._noise_block = self._bias + self._std * draws
-            self._noise_row = 0
-        row = self._noise_block[self._noise_row]
-        self._noise_row += 1
-        return row
-
-    def _set_current(self, current: dict[str, np.ndarray]) -> None:
-        # Unpacked once per sample so that the per-step path is plain array arithmetic.
-        shape = self.observation_space.shape
-        current = {k: v.reshape(shape) for k, v in current.items()}
+    def _set_current(self, values: dict[str, float] | None) -> None:
+        # Unpacked once per sample so that the per-step path is plain arithmetic.
+        # ``values=None``: the nominal vectors, whatever the terms.
+        current: dict[str, np.float64 | np.ndarray] = {}
+        for field, how, terms, uniform in self._field_plans:
+            nominal = self._nominal_flat[field]
+            if values is None:
+                how, terms = "nominal", []
+            if how == "termwise":
+                vector = nominal.copy()
+                for name, mode, _, idx, nominal_part in terms:
+                    vector[idx] = _apply_mode(mode, nominal_part, values[name])
+                current[field] = vector.reshape(self._nominal[field].shape)
+            elif uniform is not None:  # the same IEEE operation as on each element
+                current[field] = np.float64(_scalar_mode(terms[0][1], uniform, values[terms[0][0]]) if terms else uniform)
+            else:  # never written in place, so "nominal" can share the cached vector
+                vector = _apply_mode(terms[0][1], nominal, values[terms[0][0]]) if terms else nominal
+                current[field] = vector.reshape(self._nominal[field].shape)
         self._current = current
-        self._scale, self._bias, self._std = current["obs.scale"], current["obs.bias"], current["obs.noise_std"]
-        self._noisy = bool(self._std.any())
-        self._noise_block = np.empty((0, *self._std.shape))
+        self._std, self._bias, self._scale = current["obs.noise_std"], current["obs.bias"], current["obs.scale"]
+        self._noisy = _any_nonzero(self._std)
+        self._identity = not self._noisy and not _any_nonzero(self._bias) and not _any_nonzero(self._scale - 1.0)
+
+    def _draw_noise(self) -> None:
+        # bias + std * N(0, 1), drawn in blocks: one generator call and one vectorized
+        # multiply-add per NOISE_BLOCK steps instead of per step, written into one buffer
+        # (each row is consumed by one step's addition before the buffer is drawn again).
+        block = self._noise_buffer
+        self._rng.standard_normal(out=block)
+        block *= self._std
+        block += self._bias
         self._noise_row = 0
-        self._identity = not self._noisy and not self._bias.any() and bool((self._scale == 1.0).all())
 
     def _steps_work(self) -> bool:
         return not self._identity
 
     def _fast_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._noisy and type(obs) is np.ndarray and obs.dtype is _FLOAT64:
+            # The common case, inlined (this runs at every step): float64 in, float64 out.
+            if self._noise_row == NOISE_BLOCK:
+                self._draw_noise()
+            out = obs * self._scale
+            out += self._noise_buffer[self._noise_row]
+            self._noise_row += 1
+            return out, reward, terminated, truncated, info
         return self._observe(obs), reward, terminated, truncated, info
 
     def _observe(self, obs: Any) -> Any:
         if self._identity:
             return obs
-        if self._noisy:
-            out = obs * self._scale + self._next_offset()
-        else:
-            out = obs * self._scale + self._bias
         dtype = obs.dtype if isinstance(obs, np.ndarray) else np.asarray(obs).dtype
+        # Computed in (at least) float64, whatever the observation's dtype, then cast back.
+        out = np.multiply(obs, self._scale, dtype=np.result_type(dtype, np.float64))
+        if self._noisy:
+            if self._noise_row == NOISE_BLOCK:
+                self._draw_noise()
+            out += self._noise_buffer[self._noise_row]
+            self._noise_row += 1
+        else:
+            out += self._bias
         return out if out.dtype == dtype else out.astype(dtype)
+
+
+def _scalar_mode(mode: str, nominal: float, value: float) -> float:
+    """:func:`_apply_mode` for one element, in Python floats."""
+    if mode == "scale":
+        return nominal * value
+    if mode == "add":
+        return nominal + value
+    return float(value)
+
+
+def _any_nonzero(x: np.float64 | np.ndarray) -> bool:
+    # A scalar is tested directly; for arrays count_nonzero is the cheapest test numpy has.
+    return bool(x) if type(x) is np.float64 else np.count_nonzero(x) > 0
 
 
 class ActionDelay(RandomizationWrapper):
@@ -250,25 +309,29 @@ class ActionDelay(RandomizationWrapper):
         self._check_delay(self._delay_for(name, value), f"param {name!r}")
 
     def _delay_for(self, name: str, value: float) -> float:
-        return float(_apply_mode(self.space[name].mode, np.array([float(self._nominal_delay)]), value)[0])
+        # Scalar arithmetic on Python floats: what numpy would compute, without its call costs.
+        mode, nominal = self.space[name].mode, float(self._nominal_delay)
+        return nominal * value if mode == "scale" else nominal + value if mode == "add" else float(value)
 
     def _apply(self, values: dict[str, float]) -> None:
         delay = self._nominal_delay
-        for p in self.space:
-            delay = int(round(self._delay_for(p.name, values[p.name])))
+        for name in values:  # at most one: this layer's own parameter
+            delay = int(round(self._delay_for(name, values[name])))
         self.delay = delay
-        self._queue = deque(self._neutral.copy() for _ in range(delay))
+        self._queue = deque([self._neutral.copy() for _ in range(delay)])
 
     def _steps_work(self) -> bool:
         return self.delay > 0
 
     def _fast_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         queue = self._queue
-        queue.append(np.array(action, copy=True))
+        # A copy, so that a caller reusing its action array cannot change a queued action
+        # (``ndarray.copy`` is the cheaper call for the usual plain array).
+        queue.append(action.copy() if type(action) is np.ndarray else np.array(action, copy=True))
         return self.env.step(queue.popleft())
 
     def _act(self, action: Any) -> Any:
         if self.delay == 0:
             return action
-        self._queue.append(np.array(action, copy=True))
+        self._queue.append(action.copy() if type(action) is np.ndarray else np.array(action, copy=True))
         return self._queue.popleft()

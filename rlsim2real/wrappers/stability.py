@@ -45,7 +45,10 @@ class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        self._bind(env.unwrapped.data)
+        # The wrapper chain below never changes, so neither does the MuJoCo env at its end;
+        # its ``data`` may (an env may rebuild it), so that is looked up at every reset.
+        self._mujoco_env = env.unwrapped
+        self._bind(self._mujoco_env.data)
         self._last_obs: Any = None
         self._counts = self._warning_counts()
 
@@ -60,17 +63,25 @@ class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        self._bind(self.env.unwrapped.data)
-        self._counts = self._warning_counts()
+        data = self._mujoco_env.data
+        if data is not self._data:
+            self._bind(data)
+        # Only the raw counters are kept here; the per-warning counts that ``_diagnose``
+        # compares are decoded from them when a step actually looks wrong.
+        self._all_counts = self._numbers.tobytes()
+        self._counts = None
         self._last_obs = obs
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         # The fast path (every step): no warning counter moved, and NaN/inf, which survive
-        # a dot product, are absent. Anything else goes to the exact checks.
+        # a sum, are absent. The sum is taken over a Python list rather than with a numpy
+        # reduction or a dot product: on the real step path, between two MuJoCo steps that
+        # evict numpy's dispatch code from the caches, that is several times cheaper. A sum
+        # that merely overflows sends the observation on to the exact checks.
         if self._numbers.tobytes() == self._all_counts and isinstance(obs, np.ndarray) and obs.ndim == 1:
-            if math.isfinite(obs.dot(obs) + reward):
+            if math.isfinite(sum(obs.tolist())) and math.isfinite(reward):
                 self._last_obs = obs
                 return obs, reward, terminated, truncated, info
         reason = self._diagnose(obs, reward)
@@ -83,11 +94,14 @@ class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def _diagnose(self, obs: Any, reward: SupportsFloat) -> str | None:
         d = self._data
-        # The cheap checks run every step (this is on the hot path): MuJoCo counts a
-        # warning when it resets a diverged state, and NaN/inf anywhere survives a dot
-        # product (one that merely overflows sends the observation on to the exact checks).
+        # Reached when the fast path in ``step`` saw a counter move or a non-finite sum:
+        # MuJoCo counts a warning when it resets a diverged state (other warnings, such as
+        # contact buffer overflows, are not instability), and NaN/inf anywhere survives a sum
+        # (one that merely overflows sends the observation on to the exact checks).
+        if self._counts is None:  # counts as of the last reset (or the last diagnosis)
+            self._counts = np.frombuffer(self._all_counts, dtype=self._numbers.dtype)[_BAD_INDEX].tolist()
         counts = self._warning_counts()
-        total = obs.dot(obs) if isinstance(obs, np.ndarray) and obs.ndim == 1 else np.sum(obs)
+        total = sum(obs.tolist()) if isinstance(obs, np.ndarray) and obs.ndim == 1 else np.sum(obs)
         if counts == self._counts and math.isfinite(float(total) + float(reward)):
             return None
         if counts != self._counts:
