@@ -261,6 +261,25 @@ def test_target_observation_validation():
     assert calls and len(model._target) == 8
 
 
+def test_target_provider_that_acts_leaves_the_update_in_training_mode():
+    # The trainer's provider collects target episodes with the current policy, and SB3's
+    # predict() puts the policy in eval mode; the PPO + DANN epochs after it must still run
+    # in training mode (dropout / batch norm in a custom encoder would otherwise be off).
+    model = RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_epochs=2, seed=0, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=8), dann=dict(enabled=True))
+
+    def provider(num_timesteps):
+        model.predict(np.zeros((1, 3), dtype=np.float32))
+        return _target(model, 8)
+
+    model.set_target_provider(provider)
+    modes = []
+    loss = model._dann.loss
+    model._dann.loss = lambda source: modes.append(model.policy.training) or loss(source)
+    model.learn(32)
+    assert modes and all(modes)
+
+
 def test_save_load_round_trip_restores_predictions_discriminator_and_schedule(tmp_path):
     model = RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", n_steps=32, batch_size=32, seed=0, device="cpu",
                          policy_kwargs=dict(lstm_hidden_size=16), dann=dict(enabled=True, schedule="linear", warmup=1.0))

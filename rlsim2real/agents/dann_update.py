@@ -57,7 +57,10 @@ class DannUpdater:
         """Refresh targets from the provider, set lambda and the lr, log held-out metrics."""
         agent = self.agent
         if agent._target_provider is not None:
+            training = agent.policy.training
             fresh = agent._target_provider(agent.num_timesteps)
+            # A provider that acts with the policy (predict) leaves it in eval mode.
+            agent.policy.set_training_mode(training)
             if fresh is not None:
                 agent.set_target_observations(fresh)
         self.lambda_ = self.schedule(agent.dann_progress())

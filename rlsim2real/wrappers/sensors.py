@@ -21,9 +21,10 @@ from rlsim2real.wrappers.base import RandomizationWrapper
 
 OBS_FIELDS = ("obs.noise_std", "obs.bias", "obs.scale")
 MAX_DELAY = 1000
-# Rows of noise per generator call: amortized, yet cheap to throw away at a reset. The layer's
-# generator also samples its parameters, so this size is part of what a seed reproduces.
-NOISE_BLOCK = 16
+# Rows of noise per generator call. Noise has a generator of its own (separate from the one
+# that samples parameters), and unused rows carry over from one episode to the next, so the
+# block size changes neither the parameters drawn nor the cost of a reset.
+NOISE_BLOCK = 64
 _FLOAT64 = np.dtype(np.float64)
 
 
@@ -69,7 +70,7 @@ class ObservationNoise(RandomizationWrapper):
         bias: Nominal bias (scalar or per dimension).
         scale: Nominal gain (scalar or per dimension).
         distribution: What to sample; defaults to each Param's own range and dist.
-        seed: Seeds the sampler and the noise; ``reset(seed=s)`` re-seeds both.
+        seed: Seeds the sampler and the noise (two streams); ``reset(seed=s)`` re-seeds both.
         resample_every: Also re-sample the magnitudes every this many steps.
 
     Example:
@@ -125,7 +126,8 @@ class ObservationNoise(RandomizationWrapper):
         self._nominal_flat = {k: v.reshape(-1) for k, v in self._nominal.items()}
         self._plan = [(p.name, p.mode, field, idx, self._nominal_flat[field][idx]) for p, field, idx in self._targets]
         self._field_plans = [self._plan_field(field) for field in OBS_FIELDS]
-        self._noise_buffer = np.empty((NOISE_BLOCK, *shape))
+        self._noise_z = np.empty((NOISE_BLOCK, *shape))  # standard normals
+        self._noise_buffer = np.empty((NOISE_BLOCK, *shape))  # bias + std * z, row by row
         self._noise_row = NOISE_BLOCK  # drawn when first needed
         self._applied: dict[str, float] | None = None
         self._set_current(None)  # nominal until the first sample
@@ -162,12 +164,19 @@ class ObservationNoise(RandomizationWrapper):
             if np.any(new < 0):
                 raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
 
+    def _make_rng(self, seed: int | None) -> np.random.Generator:
+        self._noise_rng = np.random.default_rng(None if seed is None else [int(seed) & 0xFFFFFFFF, self.salt, 1])
+        self._noise_row = NOISE_BLOCK  # re-seeded: the next step starts a fresh block
+        return super()._make_rng(seed)
+
     def _apply(self, values: dict[str, float]) -> None:
-        self._noise_row = NOISE_BLOCK  # fresh noise from the (maybe re-seeded) generator
         if values == self._applied:
             return
         self._set_current(values)
         self._applied = values
+        if self._noise_row < NOISE_BLOCK:  # rows left over: rescale them to the new std/bias
+            np.multiply(self._noise_z, self._std, out=self._noise_buffer)
+            self._noise_buffer += self._bias
 
     def _set_current(self, values: dict[str, float] | None) -> None:
         # Unpacked once per sample so that the per-step path is plain arithmetic.
@@ -196,10 +205,9 @@ class ObservationNoise(RandomizationWrapper):
         # bias + std * N(0, 1), drawn in blocks: one generator call and one vectorized
         # multiply-add per NOISE_BLOCK steps instead of per step, written into one buffer
         # (each row is consumed by one step's addition before the buffer is drawn again).
-        block = self._noise_buffer
-        self._rng.standard_normal(out=block)
-        block *= self._std
-        block += self._bias
+        self._noise_rng.standard_normal(out=self._noise_z)
+        np.multiply(self._noise_z, self._std, out=self._noise_buffer)
+        self._noise_buffer += self._bias
         self._noise_row = 0
 
     def _steps_work(self) -> bool:
