@@ -15,16 +15,9 @@ from rlsim2real.params import SpecError
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
-    from rlsim2real.specs import load_env_spec, spec_dirs
+    from rlsim2real.specs import list_specs, load_env_spec
 
-    if args.names:
-        names = args.names
-    else:
-        seen: dict[str, Path] = {}
-        for d in spec_dirs("envs"):
-            for p in sorted(d.glob("*.toml")) if d.is_dir() else ():
-                seen.setdefault(p.stem, p)
-        names = [str(p) for p in seen.values()]
+    names = args.names or [str(p) for p in list_specs("envs").values()]
     for name in names:
         spec = load_env_spec(name)
         base = spec.env_id or spec.entry_point

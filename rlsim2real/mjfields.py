@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from rlsim2real.params import Param, SpecError
+from rlsim2real.params import Param, SpecError, apply_mode
 
 _OBJ = mujoco.mjtObj
 
@@ -117,25 +117,15 @@ class BoundParam:
         identity = self.param.identity
         return float(identity) if identity is not None else float(np.mean(self.nominal))
 
-    def apply(self, work: np.ndarray, value: float) -> None:
-        """Write ``value`` into ``work`` (a copy of the field), relative to the cached nominal."""
-        mode = self.param.mode
-        if mode == "scale":
-            work[self.index] = self.nominal * value
-        elif mode == "add":
-            work[self.index] = self.nominal + value
-        else:
-            work[self.index] = value
-
     def check_value(self, value: float, where: str) -> None:
         """Raise :class:`SpecError` if ``value`` makes the field unphysical (see FieldInfo.sign)."""
+        if not np.isfinite(value):
+            raise SpecError(f"{where}: value must be finite, got {value}")
         sign = FIELDS[self.field].sign
-        if sign is None or not np.isfinite(value):
-            if not np.isfinite(value):
-                raise SpecError(f"{where}: value must be finite, got {value}")
+        if sign is None:
             return
         mode = self.param.mode
-        new = {"scale": self.nominal * value, "add": self.nominal + value}.get(mode, np.full_like(self.nominal, value, dtype=np.float64))
+        new = apply_mode(mode, self.nominal, value)
         was = self.nominal > 0 if sign == "positive" else self.nominal >= 0
         bad = (new <= 0) if sign == "positive" else (new < 0)
         # Only entries that were physical to begin with are held to the rule (the world

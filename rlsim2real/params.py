@@ -190,6 +190,21 @@ class Param:
         return out
 
 
+def apply_mode(mode: str, nominal: Any, value: float) -> Any:
+    """A term's value applied to its nominal: ``scale`` (x nominal), ``add`` (+ nominal), ``abs``.
+
+    Works on arrays (an ``abs`` value fills the nominal's shape, as float64) and on Python
+    floats alike, with the same IEEE operation either way.
+    """
+    if mode == "scale":
+        return nominal * value
+    if mode == "add":
+        return nominal + value
+    if isinstance(nominal, np.ndarray):
+        return np.full_like(nominal, value, dtype=np.float64)
+    return float(value)
+
+
 def _truncated_normal(rng: np.random.Generator, mean: float, std: float, low: float, high: float) -> float:
     # Rejection is exact and cheap while the box holds a fair share of the mass; fall back to
     # clipping only for a box far in a tail, where rejection could spin for a long time.

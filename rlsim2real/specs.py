@@ -77,8 +77,18 @@ def resolve_spec_path(name_or_path: str | os.PathLike, kind: str, relative_to: P
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    known = sorted({p.stem for d in spec_dirs(kind) if d.is_dir() for p in d.glob("*.toml")})
+    known = sorted(list_specs(kind))
     raise SpecError(f"{kind} spec {text!r} not found; known {kind}: {', '.join(known) or '(none)'}")
+
+
+def list_specs(kind: str) -> dict[str, Path]:
+    """Every spec found by name in the ``kind`` folders: ``{name: path}``, the first folder
+    holding a name winning, as in :func:`resolve_spec_path`."""
+    found: dict[str, Path] = {}
+    for d in spec_dirs(kind):
+        for p in sorted(d.glob("*.toml")) if d.is_dir() else ():
+            found.setdefault(p.stem, p)
+    return found
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -95,11 +105,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_keys(table: Any, allowed: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Raise :class:`SpecError` on a non-table, an unknown key or a missing required key."""
+def check_keys(
+    table: Any, allowed: tuple[str, ...] | None, where: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Raise :class:`SpecError` on a non-table, an unknown key or a missing required key.
+
+    ``allowed=None`` takes any key (tables of user-named entries: params, real sets, kwargs).
+    """
     if not isinstance(table, Mapping):
         raise SpecError(f"{where}: expected a table, got {type(table).__name__} {table!r}")
-    for key in table:
+    for key in table if allowed is not None else ():
         if key not in allowed:
             raise SpecError(f"{where}: unknown key {key!r}; expected one of {', '.join(allowed)}")
     for key in required:
@@ -273,7 +288,7 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
     env_t = check_keys(data.get("env", {}), _ENV_TABLE_KEYS, f"{f}: env")
     if ("id" in env_t) == ("entry_point" in env_t):
         raise SpecError(f"{f}: env: expected exactly one of 'id' (a Gymnasium id) or 'entry_point' ('module:Class')")
-    kwargs = check_keys(env_t.get("kwargs", {}), tuple(env_t.get("kwargs", {})), f"{f}: env.kwargs")
+    kwargs = check_keys(env_t.get("kwargs", {}), None, f"{f}: env.kwargs")
     max_steps = env_t.get("max_episode_steps")
     if max_steps is not None:
         _typed(max_steps, int, f"{f}: env.max_episode_steps", "a positive integer")
@@ -281,8 +296,8 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
     resample = int(_typed(rand_t.get("resample_every", 0), int, f"{f}: randomization.resample_every", "an integer >= 0"))
     if resample < 0:
         raise SpecError(f"{f}: randomization.resample_every: expected an integer >= 0, got {resample}")
-    params_t = check_keys(data.get("params", {}), tuple(data.get("params", {})), f"{f}: params")
-    held_t = check_keys(data.get("heldout_params", {}), tuple(data.get("heldout_params", {})), f"{f}: heldout_params")
+    params_t = check_keys(data.get("params", {}), None, f"{f}: params")
+    held_t = check_keys(data.get("heldout_params", {}), None, f"{f}: heldout_params")
     params = [_parse_param(n, t, f"{f}: params.{n}", heldout=False) for n, t in params_t.items()]
     held = [_parse_param(n, t, f"{f}: heldout_params.{n}", heldout=True) for n, t in held_t.items()]
     clash = sorted(set(params_t) & set(held_t))
@@ -301,7 +316,7 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
         path=path,
     )
     all_names = spec.all_params.names
-    sets_t = check_keys(data.get("real_sets", {}), tuple(data.get("real_sets", {})), f"{f}: real_sets")
+    sets_t = check_keys(data.get("real_sets", {}), None, f"{f}: real_sets")
     for set_name, values in sets_t.items():
         where = f"{f}: real_sets.{set_name}"
         if not isinstance(values, Mapping):
@@ -504,10 +519,10 @@ def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = 
     algorithm = a.get("algorithm", "recurrent_ppo")
     if algorithm not in ALGORITHMS:
         raise SpecError(f"{f}: agent.algorithm: unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
-    hyper = check_keys(data.get("hyperparameters", {}), tuple(data.get("hyperparameters", {})), f"{f}: hyperparameters")
+    hyper = check_keys(data.get("hyperparameters", {}), None, f"{f}: hyperparameters")
     check_hyperparameters(algorithm, hyper, f"{f}: hyperparameters")
-    policy_kwargs = check_keys(data.get("policy_kwargs", {}), tuple(data.get("policy_kwargs", {})), f"{f}: policy_kwargs")
-    dann = check_keys(data.get("dann", {}), tuple(data.get("dann", {})), f"{f}: dann")
+    policy_kwargs = check_keys(data.get("policy_kwargs", {}), None, f"{f}: policy_kwargs")
+    dann = check_keys(data.get("dann", {}), None, f"{f}: dann")
     if dann:
         if algorithm != "recurrent_ppo":
             raise SpecError(f"{f}: dann: DANN is available for algorithm 'recurrent_ppo' only, not {algorithm!r}")
@@ -616,7 +631,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     e = check_keys(data.get("experiment", {}), _EXP_TABLE_KEYS, f"{f}: experiment", required=("env",))
     env = _nested(lambda: load_env_spec(resolve_spec_path(e["env"], "envs", path.parent)), f, "experiment.env")
     agent = _nested(lambda: load_agent_spec(e.get("agent", "recurrent_ppo"), path.parent), f, "experiment.agent")
-    hyper = check_keys(data.get("hyperparameters", {}), tuple(data.get("hyperparameters", {})), f"{f}: hyperparameters")
+    hyper = check_keys(data.get("hyperparameters", {}), None, f"{f}: hyperparameters")
     check_hyperparameters(agent.algorithm, hyper, f"{f}: hyperparameters")
     agent.hyperparameters = {**agent.hyperparameters, **hyper}
     strategy = e.get("strategy", "uniform")

@@ -157,7 +157,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._resample()
         self._steps = 0
         obs, info = self.env.reset(seed=seed, options=options)
-        obs = self._observe_reset(obs)
+        obs = self._observe(obs)
         # The layer inside has just been reset too and kept the dict it reported: extend a
         # copy of it with this layer's values, rather than asking ``params`` (which would
         # rebuild the dicts of every inner layer again, at every level).
@@ -235,7 +235,3 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def _observe(self, obs: Any) -> Any:
         return obs
-
-    def _observe_reset(self, obs: Any) -> Any:
-        return self._observe(obs)
-

@@ -10,7 +10,7 @@ import numpy as np
 
 from rlsim2real.distributions import Distribution
 from rlsim2real.mjfields import FIELDS, BoundParam, bind, field_array, write_field
-from rlsim2real.params import Param, ParamSpace, SpecError
+from rlsim2real.params import Param, ParamSpace, SpecError, apply_mode
 from rlsim2real.wrappers.base import RandomizationWrapper
 
 
@@ -174,13 +174,7 @@ class DynamicsRandomization(RandomizationWrapper):
             flat = self._live_flat[f]
             flat[...] = self._nominal[f].reshape(-1)
             for name, mode, _, index, nominal in terms:
-                value = values[name]
-                if mode == "scale":
-                    flat[index] = nominal * value
-                elif mode == "add":
-                    flat[index] = nominal + value
-                else:
-                    flat[index] = value
+                flat[index] = apply_mode(mode, nominal, values[name])
         live = self._live
         if self._mass_positive is not None:
             np.divide(live["body_mass"], self._mass_divisor, out=self._mass_ratio, where=self._mass_positive)

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlsim2real.distributions import Distribution
-from rlsim2real.params import Param, ParamSpace, SpecError
+from rlsim2real.params import Param, ParamSpace, SpecError, apply_mode
 from rlsim2real.wrappers.base import RandomizationWrapper
 
 OBS_FIELDS = ("obs.noise_std", "obs.bias", "obs.scale")
@@ -46,14 +46,6 @@ def _obs_indices(element: str | None, dim: int, where: str) -> np.ndarray:
     if bad or not out:
         raise SpecError(f"{where}: observation indices {bad or element} out of range 0..{dim - 1}")
     return np.array(sorted(set(out)), dtype=np.intp)
-
-
-def _apply_mode(mode: str, nominal: np.ndarray, value: float) -> np.ndarray:
-    if mode == "scale":
-        return nominal * value
-    if mode == "add":
-        return nominal + value
-    return np.full_like(nominal, value)
 
 
 class ObservationNoise(RandomizationWrapper):
@@ -160,7 +152,7 @@ class ObservationNoise(RandomizationWrapper):
     def _check_value(self, name: str, value: float) -> None:
         p, field, idx = self._targets[self.space.index(name)]
         if field == "obs.noise_std":
-            new = _apply_mode(p.mode, self._nominal[field].reshape(-1)[idx], value)
+            new = apply_mode(p.mode, self._nominal[field].reshape(-1)[idx], value)
             if np.any(new < 0):
                 raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
 
@@ -189,12 +181,12 @@ class ObservationNoise(RandomizationWrapper):
             if how == "termwise":
                 vector = nominal.copy()
                 for name, mode, _, idx, nominal_part in terms:
-                    vector[idx] = _apply_mode(mode, nominal_part, values[name])
+                    vector[idx] = apply_mode(mode, nominal_part, values[name])
                 current[field] = vector.reshape(self._nominal[field].shape)
             elif uniform is not None:  # the same IEEE operation as on each element
-                current[field] = np.float64(_scalar_mode(terms[0][1], uniform, values[terms[0][0]]) if terms else uniform)
+                current[field] = np.float64(apply_mode(terms[0][1], uniform, values[terms[0][0]]) if terms else uniform)
             else:  # never written in place, so "nominal" can share the cached vector
-                vector = _apply_mode(terms[0][1], nominal, values[terms[0][0]]) if terms else nominal
+                vector = apply_mode(terms[0][1], nominal, values[terms[0][0]]) if terms else nominal
                 current[field] = vector.reshape(self._nominal[field].shape)
         self._current = current
         self._std, self._bias, self._scale = current["obs.noise_std"], current["obs.bias"], current["obs.scale"]
@@ -239,15 +231,6 @@ class ObservationNoise(RandomizationWrapper):
         else:
             out += self._bias
         return out if out.dtype == dtype else out.astype(dtype)
-
-
-def _scalar_mode(mode: str, nominal: float, value: float) -> float:
-    """:func:`_apply_mode` for one element, in Python floats."""
-    if mode == "scale":
-        return nominal * value
-    if mode == "add":
-        return nominal + value
-    return float(value)
 
 
 def _any_nonzero(x: np.float64 | np.ndarray) -> bool:
@@ -317,9 +300,8 @@ class ActionDelay(RandomizationWrapper):
         self._check_delay(self._delay_for(name, value), f"param {name!r}")
 
     def _delay_for(self, name: str, value: float) -> float:
-        # Scalar arithmetic on Python floats: what numpy would compute, without its call costs.
-        mode, nominal = self.space[name].mode, float(self._nominal_delay)
-        return nominal * value if mode == "scale" else nominal + value if mode == "add" else float(value)
+        # On Python floats: what numpy would compute, without its call costs.
+        return apply_mode(self.space[name].mode, float(self._nominal_delay), value)
 
     def _apply(self, values: dict[str, float]) -> None:
         delay = self._nominal_delay
