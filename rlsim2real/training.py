@@ -9,8 +9,8 @@ the step count, normalization and distribution it had.
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import sys
 import time
 from dataclasses import replace
@@ -30,7 +30,7 @@ from rlsim2real.params import SpecError
 from rlsim2real.runs import Run
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
-from rlsim2real.targets import TargetSource, load_target_file
+from rlsim2real.targets import TargetSource
 
 
 def limit_torch_threads() -> None:
@@ -164,15 +164,9 @@ def save_artifacts(model: Any, strategy: Strategy, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     venv = model.get_env()
     if isinstance(venv, VecNormalize):
-        atomic_write(folder / "vecnormalize.pkl", lambda p: _pickle_vecnormalize(venv, p))
+        atomic_write(folder / "vecnormalize.pkl", venv.save)
     write_json(folder / "strategy.json", strategy.state_dict())
-    atomic_write(folder / "model.zip", lambda p: model.save(p), suffix=".zip")
-
-
-def _pickle_vecnormalize(venv: VecNormalize, path: Path) -> None:
-    # VecNormalize.save pickles the wrapper without its venv; do the same into our path.
-    with open(path, "wb") as fh:
-        pickle.dump(venv, fh)
+    atomic_write(folder / "model.zip", model.save, suffix=".zip")
 
 
 def _out_dir(spec: ExperimentSpec, out: str | os.PathLike | None, resume: bool) -> Path:
@@ -235,9 +229,6 @@ def train(
     if spec.timesteps < 1:
         raise SpecError(f"timesteps must be positive, got {spec.timesteps}")
     run_dir = _out_dir(spec, out, resume)
-    obs_shape = _observation_shape(spec.env)
-    if spec.target is not None and spec.target.file is not None:
-        load_target_file(spec.target.file, obs_shape)  # a bad file fails before anything is written
     limit_torch_threads()
     checkpoint = None
     if resume:
@@ -254,8 +245,6 @@ def train(
 
     strategy = make_strategy(spec.strategy, spec.env)
     if checkpoint is not None:
-        import json
-
         strategy.load_state_dict(json.loads((checkpoint / "strategy.json").read_text()))
     venv = make_vec_env(spec.env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env)
     try:
@@ -265,6 +254,13 @@ def train(
             venv.training = True
         strategy.broadcast(venv)
         model = _build_model(spec, venv, checkpoint, verbose)
+        # Reads and checks a target file, if one is named: a bad one fails here, before
+        # anything is written.
+        targets = None
+        if spec.target is not None:
+            normalizer = venv if isinstance(venv, VecNormalize) else None
+            obs_shape = tuple(venv.observation_space.shape)
+            targets = TargetSource(spec.env, spec.target, model, normalizer, spec.seed + 50_000, obs_shape)
     except BaseException:
         venv.close()
         raise
@@ -274,9 +270,8 @@ def train(
         write_json(run_dir / "config.json", spec.to_dict())
     write_json(run_dir / "run.json", {"status": "running", "timesteps": int(model.num_timesteps)})
 
-    if getattr(model, "dann_enabled", False):
-        normalizer = venv if isinstance(venv, VecNormalize) else None
-        model.set_target_provider(TargetSource(spec.env, spec.target, model, normalizer, spec.seed + 50_000, obs_shape))
+    if targets is not None and getattr(model, "dann_enabled", False):
+        model.set_target_provider(targets)
     formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
     model.set_logger(configure(str(run_dir / "logs"), formats))
     callbacks: list[BaseCallback] = [RandomizationLogger(strategy, run_dir / "logs" / "episodes.csv")]
@@ -331,16 +326,6 @@ def _build_model(spec: ExperimentSpec, venv: VecEnv, checkpoint: Path | None, ve
         # SB3 checks hyperparameter values (batch sizes, policy names) when it builds the
         # model: report them as spec errors, in one line, naming the agent file.
         raise SpecError(f"{where}: cannot build {spec.agent.algorithm} with these settings: {type(exc).__name__}: {exc}") from None
-
-
-def _observation_shape(spec: EnvSpec) -> tuple[int, ...]:
-    from rlsim2real.factory import make_base_env
-
-    env = make_base_env(spec)
-    try:
-        return tuple(env.observation_space.shape)
-    finally:
-        env.close()
 
 
 def _policy_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
