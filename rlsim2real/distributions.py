@@ -1,20 +1,29 @@
-"""Distributions over a :class:`~rlsim2real.params.ParamSpace`: small picklable values.
+"""Distributions over named parameters: small picklable values that draw whole vectors.
 
 A strategy owns a distribution in the learner process and pushes it to the env workers
-(``VecEnv.env_method("set_distribution", dist)``); each worker samples it with its own
-seeded generator at every reset. Wrappers take the part of a distribution that names
-their own parameters (:meth:`Distribution.subset`).
+(``VecEnv.env_method("set_distribution", dist)``). Each env draws ONE vector from it per
+episode with its own seeded generator (:class:`~rlsim2real.wrappers.randomizer.Randomizer`)
+and hands every randomization layer its slice, so a distribution can couple parameters of
+different layers (a boundary pinned in one dimension, a covariance, a particle).
+
+A sample is a vector aligned with :attr:`Distribution.names`; dicts appear only at the
+edges (``info["dr_params"]``, logs, TOML). A distribution may attach a tag to a sample
+(:meth:`Distribution.sample_tagged`, e.g. which parameter sits at which boundary); the tag
+travels with the episode's result back to the strategy.
 
 Example:
     >>> import numpy as np
     >>> from rlsim2real.params import Param, ParamSpace
     >>> dist = BoxDistribution(ParamSpace([Param("m", "body_mass[torso]", (0.5, 1.5))]))
-    >>> sorted(dist.sample(np.random.default_rng(0)))
-    ['m']
+    >>> v = dist.sample(np.random.default_rng(0))
+    >>> v.shape, dist.names, bool(0.5 <= v[0] <= 1.5)
+    ((1,), ('m',), True)
+    >>> dist.sample_batch(np.random.default_rng(0), 3).shape
+    (3, 1)
     >>> round(dist.entropy(), 6)  # log of the box width
     0.0
     >>> Fixed({"m": 1.2}).sample(np.random.default_rng(0))
-    {'m': 1.2}
+    array([1.2])
 """
 
 from __future__ import annotations
@@ -29,14 +38,35 @@ from rlsim2real.params import Param, ParamSpace
 
 
 class Distribution:
-    """Base class: a distribution over named scalar parameters."""
+    """Base class: a distribution over a vector of named scalar parameters."""
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The parameters, in the order of a sample's entries."""
         raise NotImplementedError
 
-    def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        """One sample ``{name: value}`` drawn with ``rng``."""
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One sample drawn with ``rng``, shape (n_params,), aligned with :attr:`names`."""
+        raise NotImplementedError
+
+    def sample_tagged(self, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+        """One sample and its tag (``None`` unless the distribution says otherwise).
+
+        The tag is a small picklable value that reaches the strategy with the result of the
+        episode that ran on the sample.
+        """
+        return self.sample(rng), None
+
+    def sample_batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` samples, shape (n, n_params) (for batched backends and strategies)."""
+        return np.stack([self.sample(rng) for _ in range(int(n))]) if n else np.zeros((0, len(self.names)))
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest value any sample can take per parameter, shapes (n_params,).
+
+        Workers check the support against each parameter's limits and physics before a
+        distribution touches a model.
+        """
         raise NotImplementedError
 
     def subset(self, names: Iterable[str]) -> "Distribution":
@@ -47,6 +77,10 @@ class Distribution:
         """Differential entropy in nats (sum over independent dimensions)."""
         raise NotImplementedError
 
+    def to_dict(self, vector: np.ndarray) -> dict[str, float]:
+        """A sample as ``{name: value}``."""
+        return dict(zip(self.names, np.asarray(vector, dtype=np.float64).tolist()))
+
     def state_dict(self) -> dict[str, Any]:
         """A JSON-serializable description that :func:`distribution_from_state` restores."""
         raise NotImplementedError
@@ -55,6 +89,9 @@ class Distribution:
 class BoxDistribution(Distribution):
     """Independent marginals, one per :class:`Param` (uniform, loguniform or truncated normal).
 
+    This is the one sampler of the project: ``Param.sample`` and ``ParamSpace.sample`` draw
+    through it, so one seed gives one value wherever it is drawn.
+
     Args:
         space: The parameters; each Param's ``range``, ``dist``, ``mean`` and ``std`` define
             its marginal.
@@ -62,25 +99,23 @@ class BoxDistribution(Distribution):
 
     def __init__(self, space: ParamSpace) -> None:
         self.space = space
-        # Sampling runs at every reset of every worker: uniform and loguniform dimensions
-        # are drawn with one generator call; truncated normals one by one (rejection).
         params = list(space)
-        self._names = [p.name for p in params]
+        self._names = tuple(p.name for p in params)
+        # Uniform and loguniform dimensions are drawn with one generator call (in log space
+        # for loguniform), truncated normals one by one after them, in order.
         self._flat = np.array([p.dist != "normal" and p.low < p.high for p in params], dtype=bool)
         is_log = np.array([p.dist == "loguniform" for p in params], dtype=bool)
-        def scaled(x: np.ndarray) -> np.ndarray:
-            return np.where(is_log, np.log(np.where(is_log, x, 1.0)), x)
-
-        low, high = scaled(space.low), scaled(space.high)
-        # Bounds of the uniform/loguniform dimensions as Python floats: a layer holds a
-        # handful of parameters, and scalar arithmetic on a short list is cheaper than numpy
-        # calls on tiny arrays (the same IEEE operations, so the same values).
-        self._lo = low[self._flat].tolist()
-        self._width = (high - low)[self._flat].tolist()
-        self._n_flat = len(self._lo)
-        self._log_at = np.flatnonzero(is_log[self._flat]).tolist()
-        self._flat_at = np.flatnonzero(self._flat).tolist()
-        self._others = [(i, p) for i, p in enumerate(params) if not self._flat[i]]
+        low, high = space.low, space.high
+        scaled_low = np.where(is_log, np.log(np.where(is_log, low, 1.0)), low)
+        scaled_high = np.where(is_log, np.log(np.where(is_log, high, 1.0)), high)
+        self._flat_at = np.flatnonzero(self._flat)
+        self._lo = scaled_low[self._flat]
+        self._width = (scaled_high - scaled_low)[self._flat]
+        self._log = is_log[self._flat]
+        self._any_log = bool(self._log.any())
+        # Points (low == high) and normals start from the range's low end / are filled in.
+        self._base = low.copy()
+        self._normals = [(i, p) for i, p in enumerate(params) if p.dist == "normal" and p.low < p.high]
 
     def __getstate__(self) -> dict[str, Any]:
         return {"space": self.space}  # small on the wire to every worker; rebuilt there
@@ -90,27 +125,33 @@ class BoxDistribution(Distribution):
 
     @property
     def names(self) -> tuple[str, ...]:
-        return self.space.names
+        return self._names
 
-    def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        if not self._names:
-            return {}
-        # One generator call for every flat dimension, then the truncated normals in order.
-        n = self._n_flat
-        u = rng.random(n).tolist() if n > 1 else [rng.random()] if n else []
-        flat = [lo + width * x for lo, width, x in zip(self._lo, self._width, u)]
-        for i in self._log_at:
-            # numpy's exp, not math.exp: the two can differ in the last bit, and a seed
-            # must keep giving the same parameters.
-            flat[i] = float(np.exp(flat[i]))
-        if not self._others:  # the common case: every dimension uniform or loguniform
-            return dict(zip(self._names, flat))
-        values: list[float] = [0.0] * len(self._names)
-        for i, value in zip(self._flat_at, flat):
-            values[i] = value
-        for i, p in self._others:
-            values[i] = float(p.sample(rng))
-        return dict(zip(self._names, values))
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        out = self._base.copy()
+        if self._flat_at.size:
+            x = self._lo + self._width * rng.random(self._flat_at.size)
+            if self._any_log:
+                x = np.where(self._log, np.exp(x), x)
+            out[self._flat_at] = x
+        for i, p in self._normals:
+            out[i] = _truncated_normal(rng, p)
+        return out
+
+    def sample_batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        n = int(n)
+        out = np.repeat(self._base[None, :], n, axis=0)
+        if self._flat_at.size and n:
+            x = self._lo + self._width * rng.random((n, self._flat_at.size))
+            if self._any_log:
+                x = np.where(self._log, np.exp(x), x)
+            out[:, self._flat_at] = x
+        for i, p in self._normals:
+            out[:, i] = [_truncated_normal(rng, p) for _ in range(n)]
+        return out
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.space.low, self.space.high
 
     def subset(self, names: Iterable[str]) -> "BoxDistribution":
         return BoxDistribution(self.space.subset(names))
@@ -120,17 +161,17 @@ class BoxDistribution(Distribution):
         return BoxDistribution(ParamSpace(p.with_range(lo, hi) for p, lo, hi in zip(self.space, low, high)))
 
     def entropy(self) -> float:
-        return float(sum(_marginal_entropy(p) for p in self.space))
+        return float(sum(marginal_entropy(p) for p in self.space))
 
     def state_dict(self) -> dict[str, Any]:
         return {"type": "box", "params": self.space.to_list()}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, BoxDistribution) and self.space == other.space
+        return type(other) is type(self) and self.space == other.space
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{p.name}={p.dist}[{p.low:g}, {p.high:g}]" for p in self.space)
-        return f"BoxDistribution({inner})"
+        return f"{type(self).__name__}({inner})"
 
 
 class Fixed(Distribution):
@@ -142,13 +183,23 @@ class Fixed(Distribution):
 
     def __init__(self, values: Mapping[str, float]) -> None:
         self.values = {k: float(v) for k, v in values.items()}
+        self._vector = np.array(list(self.values.values()), dtype=np.float64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"values": self.values}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["values"])
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.values)
 
-    def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        return dict(self.values)
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        return self._vector.copy()
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._vector.copy(), self._vector.copy()
 
     def subset(self, names: Iterable[str]) -> "Fixed":
         wanted = set(names)
@@ -167,18 +218,43 @@ class Fixed(Distribution):
         return f"Fixed({self.values!r})"
 
 
+def param_from_dict(d: Mapping[str, Any]) -> Param:
+    """A :class:`Param` from :meth:`ParamSpace.to_list` output."""
+    return Param(
+        d["name"], d["target"], tuple(d["range"]), d.get("mode", "scale"), d.get("dist", "uniform"),
+        d.get("mean"), d.get("std"), tuple(d["limits"]) if d.get("limits") is not None else None,
+    )
+
+
 def distribution_from_state(state: Mapping[str, Any]) -> Distribution:
     """Rebuild a distribution from :meth:`Distribution.state_dict` output."""
     kind = state.get("type")
     if kind == "box":
-        params = [Param(**{k: (tuple(v) if k == "range" else v) for k, v in d.items()}) for d in state["params"]]
-        return BoxDistribution(ParamSpace(params))
+        return BoxDistribution(ParamSpace(param_from_dict(d) for d in state["params"]))
     if kind == "fixed":
         return Fixed(state["values"])
-    raise ValueError(f"unknown distribution state type {kind!r}; expected 'box' or 'fixed'")
+    if kind == "adr":
+        from rlsim2real.strategies.automatic import AdrDistribution
+
+        return AdrDistribution.from_state(state)
+    raise ValueError(f"unknown distribution state type {kind!r}; expected 'box', 'fixed' or 'adr'")
 
 
-def _marginal_entropy(p: Param) -> float:
+def _truncated_normal(rng: np.random.Generator, p: Param) -> float:
+    low, high = p.range
+    mean = 0.5 * (low + high) if p.mean is None else float(p.mean)
+    std = 0.25 * (high - low) if p.std is None else float(p.std)
+    # Rejection is exact and cheap while the box holds a fair share of the mass; fall back to
+    # clipping only for a box far in a tail, where rejection could spin for a long time.
+    for _ in range(64):
+        x = rng.normal(mean, std)
+        if low <= x <= high:
+            return float(x)
+    return float(np.clip(rng.normal(mean, std), low, high))
+
+
+def marginal_entropy(p: Param) -> float:
+    """Differential entropy (nats) of one Param's marginal over its range."""
     low, high = p.range
     if high <= low:
         return -math.inf

@@ -225,6 +225,6 @@ def bind(model: mujoco.MjModel, param: Param, where: str | None = None) -> Bound
         if arr.ndim != 2 or not 0 <= column < n_cols:
             raise SpecError(f"{where}: column {column} is out of range for {target.field} ({n_cols} column(s))")
     bound = BoundParam(param, target.field, rows, column, np.array(arr[(rows,) if column is None else (rows, column)]))
-    for value in param.range:
+    for value in (*param.range, *(param.limits or ())):
         bound.check_value(value, where)
     return bound

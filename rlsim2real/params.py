@@ -113,10 +113,12 @@ class Param:
         dist: ``"uniform"``, ``"loguniform"`` or ``"normal"`` (truncated to ``range``).
         mean: Mean of ``normal``; defaults to the middle of the range.
         std: Standard deviation of ``normal``; defaults to a quarter of the range width.
+        limits: ``(low, high)``: the search box a strategy may grow the range into (ADR,
+            SimOpt, Active DR); ``None``: strategies may not move this parameter.
 
     Raises:
-        SpecError: on an unknown mode or distribution, ``low > high``, or a ``loguniform``
-            range that is not positive.
+        SpecError: on an unknown mode or distribution, ``low > high``, a ``loguniform``
+            range that is not positive, or a range outside the limits.
     """
 
     name: str
@@ -126,6 +128,7 @@ class Param:
     dist: str = "uniform"
     mean: float | None = None
     std: float | None = None
+    limits: tuple[float, float] | None = None
     parsed: Target = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +153,18 @@ class Param:
         if self.std is not None and not self.std > 0:
             raise SpecError(f"{where}: std must be positive, got {self.std}")
         object.__setattr__(self, "range", (low, high))
+        if self.limits is not None:
+            try:
+                lim_lo, lim_hi = (float(x) for x in self.limits)
+            except (TypeError, ValueError):
+                raise SpecError(f"{where}: limits must be two numbers [low, high], got {self.limits!r}") from None
+            if not (math.isfinite(lim_lo) and math.isfinite(lim_hi)) or lim_lo > lim_hi:
+                raise SpecError(f"{where}: limits must be finite with low <= high, got [{lim_lo}, {lim_hi}]")
+            if not lim_lo <= low <= high <= lim_hi:
+                raise SpecError(f"{where}: range [{low:g}, {high:g}] is outside limits [{lim_lo:g}, {lim_hi:g}]")
+            if self.dist == "loguniform" and lim_lo <= 0:
+                raise SpecError(f"{where}: loguniform needs positive limits, got [{lim_lo:g}, {lim_hi:g}]")
+            object.__setattr__(self, "limits", (lim_lo, lim_hi))
 
     @property
     def low(self) -> float:
@@ -164,22 +179,20 @@ class Param:
         """The value that leaves the nominal model unchanged (``None`` for mode ``abs``)."""
         return {"scale": 1.0, "add": 0.0}.get(self.mode)
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The limits if set, else the range: where any value of this term may lie."""
+        return self.limits if self.limits is not None else self.range
+
     def sample(self, rng: np.random.Generator) -> float:
-        """Draw one value from this Param's distribution with ``rng``."""
-        low, high = self.range
-        if low == high:
-            return low
-        if self.dist == "uniform":
-            return float(rng.uniform(low, high))
-        if self.dist == "loguniform":
-            return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-        mean = 0.5 * (low + high) if self.mean is None else float(self.mean)
-        std = 0.25 * (high - low) if self.std is None else float(self.std)
-        return _truncated_normal(rng, mean, std, low, high)
+        """Draw one value from this Param's distribution with ``rng`` (the box sampler's way)."""
+        from rlsim2real.distributions import BoxDistribution
+
+        return float(BoxDistribution(ParamSpace([self])).sample(rng)[0])
 
     def with_range(self, low: float, high: float) -> "Param":
-        """A copy with another range (used by strategies that move the bounds)."""
-        return Param(self.name, self.target, (low, high), self.mode, self.dist, self.mean, self.std)
+        """A copy with another range, limits kept (used by strategies that move the bounds)."""
+        return Param(self.name, self.target, (low, high), self.mode, self.dist, self.mean, self.std, self.limits)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"target": self.target, "range": list(self.range), "mode": self.mode, "dist": self.dist}
@@ -187,6 +200,8 @@ class Param:
             out["mean"] = self.mean
         if self.std is not None:
             out["std"] = self.std
+        if self.limits is not None:
+            out["limits"] = list(self.limits)
         return out
 
 
@@ -203,16 +218,6 @@ def apply_mode(mode: str, nominal: Any, value: float) -> Any:
     if isinstance(nominal, np.ndarray):
         return np.full_like(nominal, value, dtype=np.float64)
     return float(value)
-
-
-def _truncated_normal(rng: np.random.Generator, mean: float, std: float, low: float, high: float) -> float:
-    # Rejection is exact and cheap while the box holds a fair share of the mass; fall back to
-    # clipping only for a box far in a tail, where rejection could spin for a long time.
-    for _ in range(64):
-        x = rng.normal(mean, std)
-        if low <= x <= high:
-            return float(x)
-    return float(np.clip(rng.normal(mean, std), low, high))
 
 
 def _wrap(where: str, fn, *args):
@@ -289,8 +294,10 @@ class ParamSpace:
         return ParamSpace(p for p in self._params if p.parsed.kind == kind)
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One sample of every Param, shape (n_params,)."""
-        return np.array([p.sample(rng) for p in self._params], dtype=np.float64)
+        """One sample of every Param, shape (n_params,) (the box sampler's draw)."""
+        from rlsim2real.distributions import BoxDistribution
+
+        return BoxDistribution(self).sample(rng)
 
     def to_dict(self, vector: Sequence[float] | np.ndarray) -> dict[str, float]:
         """Vector of shape (n_params,) -> ``{name: value}``."""

@@ -134,7 +134,7 @@ def _typed(value: Any, types: type | tuple[type, ...], where: str, expected: str
 # --------------------------------------------------------------------------- env specs
 _ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "description")
 _ENV_TABLE_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "description")
-_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "description")
+_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "description")
 _EVAL_KEYS = ("success_return", "grid")
 _GRID_KEYS = ("x", "y", "x_values", "y_values")
 
@@ -182,6 +182,7 @@ class EnvSpec:
     grid: GridSpec | None = None
     description: str = ""
     path: Path | None = None
+    nominal: dict[str, float] = field(default_factory=dict)
 
     @property
     def all_params(self) -> ParamSpace:
@@ -207,11 +208,10 @@ class EnvSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "EnvSpec":
         """Rebuild a spec from :meth:`to_dict` output (a run's config.json)."""
 
+        from rlsim2real.distributions import param_from_dict
+
         def space(items: list[dict[str, Any]]) -> ParamSpace:
-            return ParamSpace(
-                Param(i["name"], i["target"], tuple(i["range"]), i["mode"], i["dist"], i.get("mean"), i.get("std"))
-                for i in items
-            )
+            return ParamSpace(param_from_dict(i) for i in items)
 
         grid = d.get("grid")
         return cls(
@@ -228,6 +228,7 @@ class EnvSpec:
             grid=None if grid is None else GridSpec(grid["x"], grid["y"], tuple(grid["x_values"]), tuple(grid["y_values"])),
             description=d.get("description", ""),
             path=Path(d["path"]) if d.get("path") else None,
+            nominal={k: float(v) for k, v in (d.get("nominal") or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +247,7 @@ class EnvSpec:
             "success_return": self.success_return,
             "grid": None if self.grid is None else self.grid.__dict__,
             "description": self.description,
+            "nominal": self.nominal,
         }
 
 
@@ -260,8 +262,17 @@ def _parse_param(name: str, table: Any, where: str, heldout: bool) -> Param:
         raise SpecError(f"{where}: mode 'abs' needs a range (used for validation and grids)")
     else:
         rng = [1.0, 1.0] if mode == "scale" else [0.0, 0.0]
+    limits = t.get("limits")
+    if limits is not None and (
+        not isinstance(limits, list) or len(limits) != 2
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in limits)
+    ):
+        raise SpecError(f"{where}.limits: expected [low, high], got {limits!r}")
     try:
-        return Param(name, t["target"], tuple(rng), mode, t.get("dist", "uniform"), t.get("mean"), t.get("std"))
+        return Param(
+            name, t["target"], tuple(rng), mode, t.get("dist", "uniform"), t.get("mean"), t.get("std"),
+            None if limits is None else tuple(limits),
+        )
     except SpecError as exc:
         raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
 
@@ -368,10 +379,13 @@ def validate_env_spec(spec: EnvSpec) -> None:
                 try:
                     kind = p.parsed.kind
                     if kind == "model":
-                        checkers[p.name] = mjfields.bind(model, p, where).check_value
+                        bound = mjfields.bind(model, p, where)
+                        checkers[p.name] = bound.check_value
+                        spec.nominal[p.name] = bound.nominal_value()
                     else:
                         wrapper = (ObservationNoise if kind == "obs" else ActionDelay)(env, [p])
                         checkers[p.name] = (lambda w, n: lambda v, wh: _recheck(w, n, v, wh))(wrapper, p.name)
+                        spec.nominal[p.name] = wrapper.nominal_value(p.name)
                 except SpecError as exc:
                     msg = str(exc)
                     raise SpecError(msg if msg.startswith(f) else f"{where}: {msg.split(': ', 1)[-1]}") from None
@@ -537,9 +551,8 @@ def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = 
 
 
 # -------------------------------------------------------------------- experiment specs
-STRATEGIES = ("uniform",)
 VEC_ENVS = ("dummy", "subproc")
-_EXP_KEYS = ("experiment", "hyperparameters", "evaluation", "target", "description")
+_EXP_KEYS = ("experiment", "strategy", "hyperparameters", "evaluation", "target", "description")
 _TARGET_KEYS = ("set", "file", "episodes", "refresh_every")
 
 
@@ -565,7 +578,7 @@ class TargetSpec:
                 "refresh_every": self.refresh_every}
 _EXP_TABLE_KEYS = (
     "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "normalize",
-    "checkpoint_every", "device", "description",
+    "checkpoint_every", "device", "max_episode_steps", "description",
 )
 _EXP_EVAL_KEYS = ("episodes", "sets", "grid", "enabled")
 
@@ -578,6 +591,7 @@ class ExperimentSpec:
     env: EnvSpec
     agent: AgentSpec
     strategy: str = "uniform"
+    strategy_settings: dict[str, Any] = field(default_factory=dict)
     timesteps: int = 100_000
     seed: int = 0
     n_envs: int = 4
@@ -590,7 +604,18 @@ class ExperimentSpec:
     eval_grid: bool = False
     evaluate: bool = True
     target: TargetSpec | None = None
+    max_episode_steps: int | None = None
     path: Path | None = None
+
+    @property
+    def train_env(self) -> EnvSpec:
+        """The env spec the training workers run (with the experiment's time limit, if set);
+        evaluation keeps :attr:`env`'s own."""
+        if self.max_episode_steps is None:
+            return self.env
+        from dataclasses import replace
+
+        return replace(self.env, max_episode_steps=self.max_episode_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -598,6 +623,8 @@ class ExperimentSpec:
             "target": None if self.target is None else self.target.to_dict(),
             "path": str(self.path) if self.path else None,
             "strategy": self.strategy,
+            "strategy_settings": self.strategy_settings,
+            "max_episode_steps": self.max_episode_steps,
             "timesteps": self.timesteps,
             "seed": self.seed,
             "n_envs": self.n_envs,
@@ -634,9 +661,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     hyper = check_keys(data.get("hyperparameters", {}), None, f"{f}: hyperparameters")
     check_hyperparameters(agent.algorithm, hyper, f"{f}: hyperparameters")
     agent.hyperparameters = {**agent.hyperparameters, **hyper}
-    strategy = e.get("strategy", "uniform")
-    if strategy not in STRATEGIES:
-        raise SpecError(f"{f}: experiment.strategy: unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    strategy, strategy_settings = _parse_strategy(e.get("strategy"), data.get("strategy"), f, env)
     vec_env = e.get("vec_env", "dummy")
     if vec_env not in VEC_ENVS:
         raise SpecError(f"{f}: experiment.vec_env: expected one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
@@ -660,6 +685,11 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         env=env,
         agent=agent,
         strategy=strategy,
+        strategy_settings=strategy_settings,
+        max_episode_steps=(
+            None if e.get("max_episode_steps") is None
+            else _positive_int(e["max_episode_steps"], f"{f}: experiment.max_episode_steps")
+        ),
         timesteps=_positive_int(e.get("timesteps", 100_000), f"{f}: experiment.timesteps"),
         seed=_positive_int(e.get("seed", 0), f"{f}: experiment.seed", allow_zero=True),
         n_envs=_positive_int(e.get("n_envs", 4), f"{f}: experiment.n_envs"),
@@ -673,6 +703,29 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         evaluate=bool(_typed(ev.get("enabled", True), bool, f"{f}: evaluation.enabled", "true or false")),
         path=path,
     )
+
+
+def _parse_strategy(shorthand: Any, table: Any, f: str, env: EnvSpec) -> tuple[str, dict[str, Any]]:
+    """``[experiment] strategy = "name"`` and/or a ``[strategy]`` table with ``name`` and
+    that strategy's settings, checked against the strategy's typed settings and the env."""
+    from rlsim2real.strategies import STRATEGIES
+
+    if shorthand is not None:
+        _typed(shorthand, str, f"{f}: experiment.strategy", f"one of {', '.join(STRATEGIES)}")
+    settings = dict(check_keys(table, None, f"{f}: strategy")) if table is not None else {}
+    name = settings.pop("name", None)
+    if name is not None:
+        _typed(name, str, f"{f}: strategy.name", f"one of {', '.join(STRATEGIES)}")
+    if shorthand is not None and name is not None and shorthand != name:
+        raise SpecError(f"{f}: strategy.name: {name!r} contradicts experiment.strategy = {shorthand!r}; give one")
+    name = name or shorthand or "uniform"
+    key = "strategy.name" if table is not None and "name" in table else "experiment.strategy"
+    if name not in STRATEGIES:
+        raise SpecError(f"{f}: {key}: unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    parsed = cls.Settings.from_table(settings, f"{f}: strategy", name)
+    parsed.validate(f"{f}: strategy", env)
+    return name, parsed.to_dict()
 
 
 def _parse_target(table: Any, f: str, env: EnvSpec, folder: Path) -> TargetSpec | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 from dataclasses import replace
@@ -30,6 +31,7 @@ from rlsim2real.params import SpecError
 from rlsim2real.runs import Run
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
+from rlsim2real.strategies.feedback import StrategyFeedback
 from rlsim2real.targets import TargetSource
 
 
@@ -51,7 +53,9 @@ def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
     return build
 
 
-def make_vec_env(spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy") -> VecEnv:
+def make_vec_env(
+    spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True
+) -> VecEnv:
     """``n_envs`` randomized workers; worker ``i`` is seeded ``seed + i``.
 
     Args:
@@ -60,82 +64,18 @@ def make_vec_env(spec: EnvSpec, n_envs: int, seed: int, distribution: Distributi
         seed: Base seed.
         distribution: The initial distribution every worker samples from.
         kind: ``"dummy"`` (in process) or ``"subproc"`` (one process per worker).
+        reseed: Seed the first reset (``False`` when sampler states are restored instead).
     """
     fns = [_worker(spec, seed + i, distribution) for i in range(n_envs)]
     venv = SubprocVecEnv(fns) if kind == "subproc" else DummyVecEnv(fns)
-    venv.seed(seed)
+    if reseed:
+        venv.seed(seed)
     return venv
 
 
-class RandomizationLogger(BaseCallback):
-    """Logs what the workers ran on: ``dr/`` means per rollout, and one row per finished
-    episode (its return, length and parameters) in ``logs/episodes.csv``, so any result
-    can be traced back to its physics. Also counts unstable episodes."""
-
-    def __init__(self, strategy: Strategy, episodes_csv: Path | None = None) -> None:
-        super().__init__()
-        self.strategy = strategy
-        self.instabilities = 0
-        self.episodes_csv = episodes_csv
-        self._file: Any = None
-        self._writer: Any = None
-
-    def _reset_infos(self) -> list[dict[str, Any]]:
-        venv = self.training_env
-        # VecEnv wrappers (VecNormalize) keep an empty reset_infos of their own: go to the base.
-        while hasattr(venv, "venv"):
-            venv = venv.venv
-        return getattr(venv, "reset_infos", [])
-
-    def _on_training_start(self) -> None:
-        # What each worker's current episode runs on, from its last reset's info; the VecEnv
-        # has already reset a finished episode when the callback sees it, so keep our own copy.
-        self._running = [dict(info.get("dr_params", {})) for info in self._reset_infos()]
-
-    def _on_step(self) -> bool:
-        for i, info in enumerate(self.locals.get("infos", ())):
-            if "instability" in info:
-                self.instabilities += 1
-            if "episode" in info:
-                if self.episodes_csv is not None:
-                    self._write_episode(i, info, self._running[i] if i < len(self._running) else {})
-                resets = self._reset_infos()
-                if i < len(self._running) and i < len(resets):
-                    self._running[i] = dict(resets[i].get("dr_params", {}))
-        return True
-
-    def _write_episode(self, env_index: int, info: dict[str, Any], params: dict[str, float]) -> None:
-        if self._writer is None:
-            import csv
-
-            new = not self.episodes_csv.exists()
-            self.episodes_csv.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.episodes_csv, "a", newline="")
-            self._columns = ["timesteps", "env", "return", "length", "unstable", *params]
-            self._writer = csv.DictWriter(self._file, self._columns, extrasaction="ignore")
-            if new:
-                self._writer.writeheader()
-        row = {"timesteps": self.num_timesteps, "env": env_index, "return": round(float(info["episode"]["r"]), 4),
-               "length": int(info["episode"]["l"]), "unstable": int("instability" in info), **params}
-        self._writer.writerow(row)
-
-    def _on_rollout_end(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-        params = self.training_env.get_attr("params")
-        for name in params[0] if params else ():
-            self.logger.record(f"dr/{name}", float(np.mean([p[name] for p in params])))
-        self.logger.record("dr/entropy", self.strategy.distribution.entropy())
-        self.logger.record("dr/unstable_episodes", self.instabilities)
-
-    def _on_training_end(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = self._writer = None
-
-
 class RunCheckpoint(BaseCallback):
-    """Every ``every`` steps, save model + normalization + strategy state together, atomically."""
+    """Every ``every`` steps, save the model, normalization, strategy state and every
+    worker's sampler state together (see :func:`save_artifacts`)."""
 
     def __init__(self, run_dir: Path, every: int, strategy: Strategy) -> None:
         super().__init__()
@@ -156,17 +96,58 @@ class RunCheckpoint(BaseCallback):
 
 
 def save_artifacts(model: Any, strategy: Strategy, folder: Path) -> None:
-    """Write ``model.zip``, ``vecnormalize.pkl`` and ``strategy.json`` into ``folder``.
+    """Write a faithful continuation point into ``folder``.
 
-    Each file is renamed into place after it is complete; ``model.zip`` goes last, so a
-    folder with a ``model.zip`` always has the rest.
+    ``vecnormalize.pkl`` (observation statistics), ``strategy.pkl`` (everything the strategy
+    needs to continue: arrays, queues, networks, generators), ``samplers.pkl`` (each worker's
+    sampler state, so a resumed run continues the parameter stream), ``strategy.json`` (a
+    readable summary) and ``model.zip``. Each file is renamed into place when complete;
+    ``model.zip`` goes last, so a folder with a ``model.zip`` always has the rest.
     """
     folder.mkdir(parents=True, exist_ok=True)
     venv = model.get_env()
     if isinstance(venv, VecNormalize):
         atomic_write(folder / "vecnormalize.pkl", venv.save)
-    write_json(folder / "strategy.json", strategy.state_dict())
+    atomic_write(folder / "strategy.pkl", lambda p: _pickle(p, strategy.state_dict()))
+    samplers = venv.env_method("sampler_state") if venv is not None else []
+    atomic_write(folder / "samplers.pkl", lambda p: _pickle(p, samplers))
+    write_json(folder / "strategy.json", strategy.summary())
     atomic_write(folder / "model.zip", model.save, suffix=".zip")
+
+
+def _pickle(path: Path, obj: Any) -> None:
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as exc:
+        raise SpecError(f"{path}: cannot read checkpoint state ({type(exc).__name__}: {exc})") from None
+
+
+def restore_strategy(strategy: Strategy, checkpoint: Path) -> None:
+    """Load the strategy state of ``checkpoint`` (``strategy.pkl``; older runs: ``strategy.json``)."""
+    state_file = checkpoint / "strategy.pkl"
+    if state_file.is_file():
+        strategy.load_state_dict(_unpickle(state_file))
+    else:
+        strategy.load_state_dict(json.loads((checkpoint / "strategy.json").read_text()))
+
+
+def restore_samplers(venv: VecEnv, checkpoint: Path) -> bool:
+    """Give every worker its saved sampler state; ``False`` if the checkpoint has none."""
+    state_file = checkpoint / "samplers.pkl"
+    if not state_file.is_file():
+        return False
+    states = _unpickle(state_file)
+    if len(states) != venv.num_envs:
+        raise SpecError(f"{state_file}: holds {len(states)} worker states; this run has n_envs = {venv.num_envs}")
+    for i, state in enumerate(states):
+        venv.env_method("load_sampler_state", state, indices=[i])
+    return True
 
 
 def _out_dir(spec: ExperimentSpec, out: str | os.PathLike | None, resume: bool) -> Path:
@@ -243,11 +224,16 @@ def train(
         if not torch.cuda.is_available():
             raise SpecError(f"device {spec.device!r}: no CUDA device is available here; use --device auto or cpu")
 
-    strategy = make_strategy(spec.strategy, spec.env)
+    strategy = make_strategy(spec.strategy, spec.env, spec.strategy_settings, spec.seed)
     if checkpoint is not None:
-        strategy.load_state_dict(json.loads((checkpoint / "strategy.json").read_text()))
-    venv = make_vec_env(spec.env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env)
+        restore_strategy(strategy, checkpoint)
+    resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()
+    venv = make_vec_env(
+        spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers
+    )
     try:
+        if resumed_samplers:
+            restore_samplers(venv, checkpoint)
         if spec.normalize:
             stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
             venv = VecNormalize.load(str(stats), venv) if stats and stats.is_file() else VecNormalize(venv)
@@ -274,7 +260,8 @@ def train(
         model.set_target_provider(targets)
     formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
     model.set_logger(configure(str(run_dir / "logs"), formats))
-    callbacks: list[BaseCallback] = [RandomizationLogger(strategy, run_dir / "logs" / "episodes.csv")]
+    feedback = StrategyFeedback(strategy, spec.env.success_return, run_dir / "logs" / "episodes.csv")
+    callbacks: list[BaseCallback] = [feedback]
     if spec.checkpoint_every:
         callbacks.append(RunCheckpoint(run_dir, spec.checkpoint_every, strategy))
     remaining = spec.timesteps - model.num_timesteps
@@ -290,11 +277,20 @@ def train(
                 progress_bar=progress_bar,
             )
         save_artifacts(model, strategy, run_dir)
+        strategy.save_figures(run_dir)
     finally:
         venv.close()
     write_json(
         run_dir / "run.json",
-        {"status": "complete", "timesteps": int(model.num_timesteps), "wall_seconds": round(time.time() - start, 2)},
+        {
+            "status": "complete",
+            "timesteps": int(model.num_timesteps),
+            "wall_seconds": round(time.time() - start, 2),
+            "episodes": feedback.episodes,
+            "unstable_episodes": feedback.unstable,
+            "unstable_fraction": round(feedback.unstable / feedback.episodes, 4) if feedback.episodes else 0.0,
+            "strategy_updates": feedback.broadcasts,
+        },
     )
     run = Run.open(run_dir)
     if spec.evaluate if evaluate is None else evaluate:

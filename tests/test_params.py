@@ -161,7 +161,7 @@ def test_distributions_pickle_and_state_dict_round_trip(dist):
     for copy in (pickle.loads(pickle.dumps(dist)), distribution_from_state(json.loads(json.dumps(dist.state_dict())))):
         assert copy == dist
         assert copy.names == dist.names
-        assert copy.sample(np.random.default_rng(7)) == dist.sample(np.random.default_rng(7))
+        assert np.array_equal(copy.sample(np.random.default_rng(7)), dist.sample(np.random.default_rng(7)))
 
 
 def test_state_dict_keeps_normal_mean_and_std():
@@ -176,4 +176,4 @@ def test_subset_and_with_bounds():
     moved = d.with_bounds(np.array([0.5, 0.1, -20, 0]), np.array([1.5, 5.0, -1, 0]))
     assert moved.space["torso_mass"].range == (0.5, 1.5) and moved.space["damping"].dist == "loguniform"
     assert d.space["torso_mass"].range == (0.7, 1.3)  # the original is a value, untouched
-    assert Fixed({"a": 1.0, "b": 2.0}).subset(["b"]).sample(np.random.default_rng(0)) == {"b": 2.0}
+    assert Fixed({"a": 1.0, "b": 2.0}).subset(["b"]).sample(np.random.default_rng(0)).tolist() == [2.0]

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rlsim2real.params import SpecError
-from rlsim2real.specs import EnvSpec
-from rlsim2real.strategies.base import Strategy
-from rlsim2real.strategies.uniform import UniformStrategy
+from rlsim2real.strategies.automatic import AdrDistribution, AutomaticSettings, AutomaticStrategy
+from rlsim2real.strategies.base import EpisodeRecord, Strategy, StrategySettings
+from rlsim2real.strategies.uniform import UniformSettings, UniformStrategy
 
-STRATEGIES = {"uniform": UniformStrategy}
+if TYPE_CHECKING:
+    from rlsim2real.specs import EnvSpec
+
+STRATEGIES: dict[str, type[Strategy]] = {"uniform": UniformStrategy, "automatic": AutomaticStrategy}
 
 
-def make_strategy(name: str, spec: EnvSpec) -> Strategy:
-    """The strategy called ``name`` over ``spec``'s training box."""
+def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0) -> Strategy:
+    """The strategy called ``name`` over ``env``'s parameters.
+
+    Args:
+        name: A key of :data:`STRATEGIES`.
+        env: The env spec.
+        settings: The strategy's settings object, or a ``[strategy]`` table as a dict.
+        seed: Seeds the strategy's own generators (if it has any).
+    """
     if name not in STRATEGIES:
         raise SpecError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](spec.params)
+    cls = STRATEGIES[name]
+    if settings is None or isinstance(settings, dict):
+        settings = cls.Settings.from_table(settings or {}, "strategy", name)
+        settings.validate("strategy", env)
+    return cls(env, settings, seed)
 
 
-__all__ = ["Strategy", "UniformStrategy", "make_strategy", "STRATEGIES"]
+__all__ = [
+    "AdrDistribution", "AutomaticSettings", "AutomaticStrategy", "EpisodeRecord", "STRATEGIES", "Strategy",
+    "StrategySettings", "UniformSettings", "UniformStrategy", "make_strategy",
+]

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from rlsim2real.distributions import BoxDistribution
-from rlsim2real.params import ParamSpace
-from rlsim2real.strategies.base import Strategy
+from rlsim2real.strategies.base import Strategy, StrategySettings
+
+if TYPE_CHECKING:
+    from rlsim2real.specs import EnvSpec
+
+
+@dataclass(frozen=True)
+class UniformSettings(StrategySettings):
+    """Uniform DR has no settings: the box is the env spec's training box."""
 
 
 class UniformStrategy(Strategy):
@@ -14,16 +24,19 @@ class UniformStrategy(Strategy):
     the box never changes, so :meth:`update` never asks for a broadcast.
 
     Args:
-        space: The training box.
+        env: The env spec (its training box).
+        settings: None needed.
+        seed: Unused (the box never changes).
 
     Example:
-        >>> from rlsim2real.params import Param, ParamSpace
-        >>> s = UniformStrategy(ParamSpace([Param("m", "body_mass[torso]", (0.5, 1.5))]))
-        >>> s.state_dict()["distribution"]["params"][0]["range"]
-        [0.5, 1.5]
+        >>> import rlsim2real as rs
+        >>> s = UniformStrategy(rs.load_env_spec("inverted_pendulum"))
+        >>> s.summary()["distribution"]["params"][0]["range"]
+        [0.7, 1.3]
     """
 
     name = "uniform"
+    Settings = UniformSettings
 
-    def __init__(self, space: ParamSpace) -> None:
-        super().__init__(BoxDistribution(space))
+    def __init__(self, env: "EnvSpec", settings: UniformSettings | None = None, seed: int = 0) -> None:
+        super().__init__(BoxDistribution(env.params))

@@ -1,10 +1,12 @@
-"""Shared machinery of the randomization wrappers: sampling, seeding, pinning, reporting.
+"""Shared machinery of the randomization layers: joining the joint sampler, reset, step.
 
-Each concrete wrapper (dynamics, observation noise, action delay) owns the parameters of
-one kind, samples them from its :class:`~rlsim2real.distributions.Distribution` with its own
-seeded generator, and applies them. Calls that concern every layer (``set_distribution``,
-``pin``, ``unpin``, ``params``) are answered by the outermost randomization wrapper and
-passed down, so a user or a VecEnv talks to the stack as one thing.
+Each concrete layer (dynamics, observation noise, action delay) owns the parameters of one
+kind and applies the slice of the joint sample that belongs to them. Sampling itself is not
+theirs: all layers of one env join one :class:`~rlsim2real.wrappers.randomizer.Randomizer`,
+and the outermost layer draws ONE vector over the whole space per episode. Calls that
+concern every layer (``set_distribution``, ``pin``, ``unpin``, ``params``,
+``sampler_state``) are answered by the randomizer, so a user or a VecEnv talks to the stack
+as one thing, from any layer.
 """
 
 from __future__ import annotations
@@ -15,33 +17,33 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from rlsim2real.distributions import BoxDistribution, Distribution, Fixed
+from rlsim2real.distributions import Distribution
 from rlsim2real.params import Param, ParamSpace, SpecError
-
-
-# Distributions whose ``sample`` returns Python floats for names of the layer's own subset
-# only (``subset`` keeps just those), so their samples need no filtering or conversion.
-# Exact types: a subclass may override ``sample``.
-_EXACT_SAMPLERS = (BoxDistribution, Fixed)
+from rlsim2real.wrappers.randomizer import EpisodeSample, Randomizer
 
 
 class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Base class: samples this layer's parameters at reset (or every N steps) and applies them.
+    """Base class: applies this layer's slice of the env's joint sample.
 
-    Subclasses set :attr:`kind` and :attr:`salt`, and implement :meth:`_apply` and
-    :meth:`nominal_value`.
+    Subclasses set :attr:`kind` and implement :meth:`_apply` (which receives this layer's
+    values as a vector ordered like :attr:`space`) and :meth:`nominal_value`.
+
+    The outermost layer drives the shared sampler: it draws at reset (and every
+    ``resample_every`` steps), reports ``info["dr_params"]`` at reset, and on the last step
+    of an episode puts what the episode ran on in ``info["dr_episode"]`` (an
+    :class:`~rlsim2real.wrappers.randomizer.EpisodeSample`), for the strategy's feedback.
 
     Args:
         env: The env to wrap.
         space: This layer's parameters (all of kind :attr:`kind`).
-        distribution: What to sample from; defaults to each Param's own range and dist.
+        distribution: What to sample (it may name parameters of other layers of this env);
+            defaults to each Param's own range and dist.
         seed: Seeds the sampler (and the first ``reset`` if it is called without a seed).
         resample_every: Draw new values every this many steps within an episode as well
             (``None``: only at reset).
     """
 
     kind: str = "model"
-    salt: int = 0
 
     def __init__(
         self,
@@ -59,161 +61,146 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if resample_every is not None and int(resample_every) < 1:
             raise SpecError(f"resample_every must be a positive number of steps, got {resample_every}")
         self.space = space
-        self.resample_every = None if resample_every is None else int(resample_every)
-        self._distribution: Distribution = (
-            distribution.subset(space.names) if distribution is not None else BoxDistribution(space)
-        )
-        self._pinned: dict[str, float] | None = None
-        self._pending_seed = seed
-        self._rng = self._make_rng(seed)
-        self._values: dict[str, float] = {}
-        # This layer's values and those of every layer inside it, as reported in
-        # ``info["dr_params"]`` at the last reset (see ``reset``).
-        self._reset_params: dict[str, float] | None = None
-        self._nominal_values: dict[str, float] | None = None
         self._steps = 0
-        # The next randomization layer inside, found once: calls that concern every layer
-        # are passed to it (``has_wrapper_attr`` would evaluate ``params`` at every level).
+        self._episode: EpisodeSample | None = None
+        # The randomization layer inside (through any other wrappers): its sampler is ours.
         inner = env
         while isinstance(inner, gym.Wrapper) and not isinstance(inner, RandomizationWrapper):
             inner = inner.env
-        self._inner_layer: RandomizationWrapper | None = inner if isinstance(inner, RandomizationWrapper) else None
+        self._randomizer = inner._randomizer if isinstance(inner, RandomizationWrapper) else Randomizer()
+        self._join_args = (distribution, seed, resample_every)
 
-    # -- seeding -----------------------------------------------------------------------
-    def _make_rng(self, seed: int | None) -> np.random.Generator:
-        # Each layer draws from its own stream, derived from the episode seed and a salt, so
-        # adding a layer never changes what another layer samples.
-        if seed is None:
-            return np.random.default_rng()
-        return np.random.default_rng([int(seed) & 0xFFFFFFFF, self.salt])
+    def _join(self) -> None:
+        """Join the env's joint sampler; subclasses call it last in ``__init__``, once they
+        are valid, so a layer that fails to build leaves the layers inside untouched."""
+        distribution, seed, resample_every = self._join_args
+        self._randomizer.join(self, distribution, seed, resample_every)
+        self._seed_streams(self._randomizer.pending_seed)
 
-    # -- what to run on --------------------------------------------------------------
+    # -- what to run on (answered by the shared sampler) -------------------------------
+    @property
+    def randomizer(self) -> Randomizer:
+        return self._randomizer
+
     @property
     def distribution(self) -> Distribution:
-        """This layer's current distribution (its own parameters only)."""
-        return self._distribution
+        """The env's current distribution (over the whole joint space)."""
+        return self._randomizer.distribution
 
     def set_distribution(self, distribution: Distribution) -> None:
-        """Sample from ``distribution`` from the next reset on (every layer takes its part)."""
-        self._distribution = distribution.subset(self.space.names)
-        inner = self._inner("set_distribution")
-        if inner is not None:
-            inner(distribution)
+        """Sample from ``distribution`` from the next reset on (every layer takes its part).
+
+        Raises:
+            SpecError: on an unknown parameter, a support outside a parameter's limits, or
+                values that break the physics.
+        """
+        self._randomizer.set_distribution(distribution)
 
     def pin(self, values: Mapping[str, float]) -> None:
         """Run on fixed values from the next reset on; parameters not named stay nominal.
 
         Raises:
-            SpecError: if a name is not a parameter of any layer.
+            SpecError: if a name is not a parameter of any layer, or a value is unphysical.
         """
-        unknown = sorted(set(values) - set(self.all_param_names))
-        if unknown:
-            raise SpecError(
-                f"pin: unknown parameters {', '.join(unknown)}; known: {', '.join(self.all_param_names) or '(none)'}"
-            )
-        own = {k: float(v) for k, v in values.items() if k in self.space}
-        for name, value in own.items():
-            self._check_value(name, value)
-        self._pinned = own
-        inner = self._inner("pin")
-        if inner is not None:
-            inner({k: v for k, v in values.items() if k not in self.space})
+        self._randomizer.pin(values)
 
     def unpin(self) -> None:
         """Go back to sampling the distribution from the next reset on."""
-        self._pinned = None
-        inner = self._inner("unpin")
-        if inner is not None:
-            inner()
+        self._randomizer.unpin()
 
     @property
     def pinned(self) -> bool:
-        return self._pinned is not None
+        return self._randomizer.pinned
 
     @property
     def all_param_names(self) -> tuple[str, ...]:
-        """Names of the parameters of this layer and every randomization layer inside it."""
-        inner = self._inner("all_param_names")
-        return tuple(inner or ()) + self.space.names
+        """Names of the parameters of every layer of this env (the joint vector's order)."""
+        return self._randomizer.space.names
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Alias of :attr:`all_param_names`: the order of ``info["dr_episode"].vector``."""
+        return self._randomizer.space.names
 
     @property
     def params(self) -> dict[str, float]:
-        """Values in force this episode, by name, for this layer and the layers inside it."""
-        inner = self._inner("params")
-        out = dict(inner) if inner else {}
-        out.update(self._values)
-        return out
+        """Values in force this episode, by name, for every layer of this env."""
+        return self._randomizer.params()
 
-    def _inner(self, name: str) -> Any:
-        return None if self._inner_layer is None else getattr(self._inner_layer, name)
+    def sampler_state(self) -> dict[str, Any]:
+        """Everything that decides this env's future samples (and the env's own initial
+        state noise), for a checkpoint: restoring it continues the stream exactly."""
+        state = self._randomizer.state_dict()
+        state["env_rng"] = self.unwrapped.np_random.bit_generator.state
+        return state
+
+    def load_sampler_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`sampler_state` output; takes effect from the next reset."""
+        self._randomizer.load_state_dict(state)
+        if state.get("env_rng") is not None:
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = state["env_rng"]
+            self.unwrapped.np_random = rng
 
     # -- the gym API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        randomizer = self._randomizer
+        if randomizer.driver is not self:  # an inner layer: the outermost one has drawn
+            obs, info = self.env.reset(seed=seed, options=options)
+            return self._observe(obs), info
         if seed is None:
-            seed = self._pending_seed
-        self._pending_seed = None
+            seed = randomizer.pending_seed
+        randomizer.pending_seed = None
         if seed is not None:
-            self._rng = self._make_rng(seed)
-        self._resample()
+            randomizer.seed(seed)
+        randomizer.draw()
+        self._episode = randomizer.sample()
         self._steps = 0
         obs, info = self.env.reset(seed=seed, options=options)
-        obs = self._observe(obs)
-        # The layer inside has just been reset too and kept the dict it reported: extend a
-        # copy of it with this layer's values, rather than asking ``params`` (which would
-        # rebuild the dicts of every inner layer again, at every level).
-        inner = self._inner_layer
-        inner_params = None if inner is None else inner._reset_params
-        if inner_params is None and inner is not None:  # a wrapper between did not pass reset on
-            inner_params = inner.params
-        params = {**inner_params, **self._values} if inner_params else dict(self._values)
-        self._reset_params = params
-        info["dr_params"] = params
-        return obs, info
+        info["dr_params"] = randomizer.params()
+        return self._observe(obs), info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._randomizer.driver is self:
+            return self._drive_step(action)
+        return self._layer_step(action)
+
+    def _layer_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """This layer's own work on one step (no sampling, no reporting)."""
         obs, reward, terminated, truncated, info = self.env.step(self._act(action))
-        obs = self._observe(obs)
-        self._steps += 1
-        if self.resample_every and self._steps % self.resample_every == 0 and self._pinned is None:
-            self._resample()
-            info["dr_params"] = self.params
+        return self._observe(obs), reward, terminated, truncated, info
+
+    def _drive_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self._step_work(action)
+        if terminated or truncated:
+            info["dr_episode"] = self._episode
+        elif self._randomizer.resample_every:
+            self._steps += 1
+            if self._steps % self._randomizer.resample_every == 0 and not self._randomizer.pinned:
+                self._randomizer.draw()
+                info["dr_params"] = self._randomizer.params()
         return obs, reward, terminated, truncated, info
 
     def _route_step(self) -> None:
         # A layer with nothing to do per step (dynamics already written, zero delay, no
-        # sensor corruption) hands ``step`` straight to the env inside: the instance
-        # attribute shadows the method, so a passive layer costs no Python frame on the
-        # hot path. Decided again after every sample.
-        if self.resample_every:
+        # sensor corruption) hands its work straight to the env inside: the instance
+        # attribute shadows the method, so a passive inner layer costs no Python frame on
+        # the hot path. Decided again after every sample.
+        work = self._fast_step if self._steps_work() else self.env.step
+        if self._randomizer.driver is self:
+            self._step_work = work
             self.__dict__.pop("step", None)
-        elif not self._steps_work():
-            self.step = self.env.step
+            self.step = self._drive_step
         else:
-            self.step = self._fast_step
+            self.step = work
 
     def _fast_step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """``step`` without the resampling bookkeeping; subclasses may specialize it."""
+        """This layer's per-step work; subclasses may specialize it."""
         obs, reward, terminated, truncated, info = self.env.step(self._act(action))
         return self._observe(obs), reward, terminated, truncated, info
 
-    def _resample(self) -> None:
-        if self._nominal_values is None:  # nominal values never change: look them up once
-            self._nominal_values = {p.name: self.nominal_value(p.name) for p in self.space}
-        nominal = self._nominal_values
-        if self._pinned is not None:
-            drawn, exact = self._pinned, True
-        else:
-            drawn = self._distribution.sample(self._rng)
-            exact = type(self._distribution) in _EXACT_SAMPLERS
-        if exact:
-            # Python floats for a subset of this layer's names: overlaying them on the
-            # nominal values gives the same dict, in the same order, in one step.
-            values = {**nominal, **drawn}
-        else:  # any other Distribution: keep only our names, as floats
-            values = {name: float(drawn[name]) if name in drawn else value for name, value in nominal.items()}
-        self._apply(values)
-        self._values = values
-        self._route_step()
+    def _step_work(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        return self._layer_step(action)
 
     # -- hooks for subclasses ---------------------------------------------------------
     def nominal_value(self, name: str) -> float:
@@ -223,12 +210,23 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _check_value(self, name: str, value: float) -> None:
         """Raise :class:`SpecError` if ``value`` is unphysical for parameter ``name``."""
 
-    def _apply(self, values: dict[str, float]) -> None:
+    def _apply(self, values: np.ndarray) -> None:
+        """Apply this layer's values, shape (len(space),), ordered like :attr:`space`."""
         raise NotImplementedError
 
     def _steps_work(self) -> bool:
         """Whether :meth:`_act` or :meth:`_observe` must run on every step now."""
         return True
+
+    def _seed_streams(self, seed: int | None) -> None:
+        """Re-seed this layer's own random streams (sensor noise), if it has any."""
+
+    def _stream_state(self) -> Any:
+        """The state of this layer's own random streams, for :meth:`sampler_state`."""
+        return None
+
+    def _load_stream_state(self, state: Any) -> None:
+        """Restore :meth:`_stream_state` output."""
 
     def _act(self, action: Any) -> Any:
         return action

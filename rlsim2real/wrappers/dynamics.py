@@ -49,7 +49,6 @@ class DynamicsRandomization(RandomizationWrapper):
     """
 
     kind = "model"
-    salt = 0x5EED01
 
     def __init__(
         self,
@@ -62,21 +61,22 @@ class DynamicsRandomization(RandomizationWrapper):
         gym.utils.RecordConstructorArgs.__init__(
             self, space=space, distribution=distribution, seed=seed, resample_every=resample_every
         )
-        super().__init__(env, space, distribution, seed, resample_every)
         model = getattr(env.unwrapped, "model", None)
         if not isinstance(model, mujoco.MjModel):
             raise SpecError(f"DynamicsRandomization needs a MuJoCo env; {env.unwrapped!r} has no MjModel")
+        space = space if isinstance(space, ParamSpace) else ParamSpace(space)
         self._model = model
-        self._bound: list[BoundParam] = [bind(model, p) for p in self.space]
+        self._bound: list[BoundParam] = [bind(model, p) for p in space if p.parsed.kind == "model"]
         fields = {b.field for b in self._bound}
         if "body_mass" in fields:
             fields.add("body_inertia")
         # Cached once: every sample starts from these, never from the live model.
         self._nominal = {f: np.array(field_array(model, f), copy=True) for f in sorted(fields)}
         self._needs_const = any(FIELDS[f].set_const for f in fields)
-        # Each term as flat indices into its field, element order as in ``b.nominal``.
+        # Each term as (position in this layer's vector, mode, field, flat indices into the
+        # field, nominal values of those entries).
         self._plan = [
-            (b.param.name, b.param.mode, b.field, self._flat_index(b), b.nominal.reshape(-1)) for b in self._bound
+            (k, b.param.mode, b.field, self._flat_index(b), b.nominal.reshape(-1)) for k, b in enumerate(self._bound)
         ]
         # Live views of the model's arrays; scalar options (opt.timestep, ...) have no view
         # and are written through a one-element buffer.
@@ -102,9 +102,11 @@ class DynamicsRandomization(RandomizationWrapper):
             self._mass_positive = None
         # ``mj_setConst`` is needed only when a term on a field that derived constants
         # depend on takes a new value (friction or damping alone leave them valid).
-        self._const_names = [b.param.name for b in self._bound if FIELDS[b.field].set_const]
+        self._const_at = [k for k, b in enumerate(self._bound) if FIELDS[b.field].set_const]
         self._scratch = mujoco.MjData(model) if self._needs_const else None
-        self._applied: dict[str, float] | None = None
+        self._applied: list[float] | None = None
+        super().__init__(env, space, distribution, seed, resample_every)
+        self._join()
 
     def _plan_fields(self) -> None:
         """Decide, once, how each field is rebuilt from its nominal values at every sample.
@@ -115,10 +117,11 @@ class DynamicsRandomization(RandomizationWrapper):
         term that covers the whole field multiplies by its value directly. Fields with an
         ``add`` or ``abs`` term are restored to nominal and written term by term.
         """
-        self._scale_names = [name for name, mode, *_ in self._plan if mode == "scale"]
-        one = len(self._scale_names)  # index of the factor 1.0 after the sampled values
-        position = {name: k for k, name in enumerate(self._scale_names)}
-        self._whole_fields: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, nominal, live)
+        self._scale_at = np.array([k for k, mode, *_ in self._plan if mode == "scale"], dtype=np.intp)
+        one = len(self._scale_at)  # index of the factor 1.0 after the sampled values
+        position = {int(k): j for j, k in enumerate(self._scale_at)}
+        self._factors = np.ones(one + 1)
+        self._whole_fields: list[tuple[int, np.ndarray, np.ndarray]] = []  # (position, nominal, live)
         self._gathered_fields: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (owner, nominal, live)
         self._termwise_fields: list[tuple[str, list]] = []
         # Inertia without terms of its own is written from the mass ratio, after the masses.
@@ -132,11 +135,11 @@ class DynamicsRandomization(RandomizationWrapper):
                 continue
             nominal, live = self._nominal[f].reshape(-1), self._live_flat[f]
             owner = np.full(nominal.size, one, dtype=np.intp)
-            for name, _, _, index, _ in terms:
-                owner[index] = position[name]
+            for k, _, _, index, _ in terms:
+                owner[index] = position[k]
             owners = set(owner.tolist())
             if len(owners) == 1 and one not in owners:
-                self._whole_fields.append((self._scale_names[owners.pop()], nominal, live))
+                self._whole_fields.append((int(self._scale_at[owners.pop()]), nominal, live))
             else:
                 self._gathered_fields.append((owner, nominal, live))
 
@@ -147,34 +150,44 @@ class DynamicsRandomization(RandomizationWrapper):
         return np.array(field_array(self._model, field), copy=True)
 
     def nominal_value(self, name: str) -> float:
-        return self._bound[self.space.index(name)].nominal_value()
+        return self._bound[self._index_of(name)].nominal_value()
+
+    def _index_of(self, name: str) -> int:
+        for k, b in enumerate(self._bound):
+            if b.param.name == name:
+                return k
+        raise KeyError(name)
 
     def _steps_work(self) -> bool:
         return False  # the model is written at reset; nothing happens per step
 
     def _check_value(self, name: str, value: float) -> None:
-        self._bound[self.space.index(name)].check_value(value, f"param {name!r}")
+        self._bound[self._index_of(name)].check_value(value, f"param {name!r}")
 
     def _flat_index(self, b: BoundParam) -> np.ndarray:
         shape = self._nominal[b.field].shape
         return np.arange(int(np.prod(shape)), dtype=np.intp).reshape(shape)[b.index].reshape(-1)
 
-    def _apply(self, values: dict[str, float]) -> None:
-        if values == self._applied:
+    def _apply(self, values: np.ndarray) -> None:
+        # A list compare is the cheapest equality test for a handful of floats.
+        listed = values.tolist()
+        applied = self._applied
+        if listed == applied:
             return
         # Every field is rebuilt from its cached nominal values, straight into the model's
         # arrays: this runs at every reset, so as few numpy calls as the terms allow.
         if self._gathered_fields:
-            factors = np.array([*map(values.__getitem__, self._scale_names), 1.0])
+            factors = self._factors
+            factors[:-1] = values[self._scale_at]
             for owner, nominal, live in self._gathered_fields:
                 np.multiply(nominal, factors.take(owner), out=live)
-        for name, nominal, live in self._whole_fields:
-            np.multiply(nominal, values[name], out=live)
+        for k, nominal, live in self._whole_fields:
+            np.multiply(nominal, values[k], out=live)
         for f, terms in self._termwise_fields:
             flat = self._live_flat[f]
             flat[...] = self._nominal[f].reshape(-1)
-            for name, mode, _, index, nominal in terms:
-                flat[index] = apply_mode(mode, nominal, values[name])
+            for k, mode, _, index, nominal in terms:
+                flat[index] = apply_mode(mode, nominal, float(values[k]))
         live = self._live
         if self._mass_positive is not None:
             np.divide(live["body_mass"], self._mass_divisor, out=self._mass_ratio, where=self._mass_positive)
@@ -185,7 +198,6 @@ class DynamicsRandomization(RandomizationWrapper):
         for f in self._scalar_opts:
             write_field(self._model, f, live[f])
         if self._needs_const:
-            applied = self._applied
-            if applied is None or any(values[name] != applied[name] for name in self._const_names):
+            if applied is None or any(listed[k] != applied[k] for k in self._const_at):
                 mujoco.mj_setConst(self._model, self._scratch)
-        self._applied = values
+        self._applied = listed

@@ -76,7 +76,8 @@ class ObservationNoise(RandomizationWrapper):
     """
 
     kind = "obs"
-    salt = 0x5EED02
+    # Salt of the noise stream (the joint sample has a stream of its own).
+    noise_salt = 0x5EED02
 
     def __init__(
         self,
@@ -113,16 +114,17 @@ class ObservationNoise(RandomizationWrapper):
                 raise SpecError(f"{where}: unknown sensor field {p.parsed.field!r}; expected one of {', '.join(OBS_FIELDS)}")
             idx = _obs_indices(p.parsed.element, flat_dim, where)
             self._targets.append((p, p.parsed.field, idx))
-            for value in p.range:
+            for value in (*p.range, *(p.limits or ())):
                 self._check_value(p.name, value)
         self._nominal_flat = {k: v.reshape(-1) for k, v in self._nominal.items()}
-        self._plan = [(p.name, p.mode, field, idx, self._nominal_flat[field][idx]) for p, field, idx in self._targets]
+        self._plan = [(k, p.mode, field, idx, self._nominal_flat[field][idx]) for k, (p, field, idx) in enumerate(self._targets)]
         self._field_plans = [self._plan_field(field) for field in OBS_FIELDS]
         self._noise_z = np.empty((NOISE_BLOCK, *shape))  # standard normals
         self._noise_buffer = np.empty((NOISE_BLOCK, *shape))  # bias + std * z, row by row
         self._noise_row = NOISE_BLOCK  # drawn when first needed
-        self._applied: dict[str, float] | None = None
+        self._applied: list[float] | None = None
         self._set_current(None)  # nominal until the first sample
+        self._join()
 
     def _plan_field(self, field: str) -> tuple[str, str, list, float | None]:
         """How ``field`` is computed from the sampled values, decided once.
@@ -156,21 +158,30 @@ class ObservationNoise(RandomizationWrapper):
             if np.any(new < 0):
                 raise SpecError(f"param {name!r}: {p.mode} {value:g} makes the noise std negative; expected >= 0")
 
-    def _make_rng(self, seed: int | None) -> np.random.Generator:
-        self._noise_rng = np.random.default_rng(None if seed is None else [int(seed) & 0xFFFFFFFF, self.salt, 1])
+    def _seed_streams(self, seed: int | None) -> None:
+        self._noise_rng = np.random.default_rng(None if seed is None else [int(seed) & 0xFFFFFFFF, self.noise_salt, 1])
         self._noise_row = NOISE_BLOCK  # re-seeded: the next step starts a fresh block
-        return super()._make_rng(seed)
 
-    def _apply(self, values: dict[str, float]) -> None:
-        if values == self._applied:
+    def _stream_state(self) -> Any:
+        return {"rng": self._noise_rng.bit_generator.state, "z": self._noise_z.copy(), "row": self._noise_row}
+
+    def _load_stream_state(self, state: Any) -> None:
+        self._noise_rng.bit_generator.state = state["rng"]
+        self._noise_z[...] = state["z"]
+        self._noise_row = int(state["row"])
+        self._applied = None  # the next sample rescales the restored leftover rows
+
+    def _apply(self, values: np.ndarray) -> None:
+        listed = values.tolist()
+        if listed == self._applied:
             return
         self._set_current(values)
-        self._applied = values
+        self._applied = listed
         if self._noise_row < NOISE_BLOCK:  # rows left over: rescale them to the new std/bias
             np.multiply(self._noise_z, self._std, out=self._noise_buffer)
             self._noise_buffer += self._bias
 
-    def _set_current(self, values: dict[str, float] | None) -> None:
+    def _set_current(self, values: np.ndarray | None) -> None:
         # Unpacked once per sample so that the per-step path is plain arithmetic.
         # ``values=None``: the nominal vectors, whatever the terms.
         current: dict[str, np.float64 | np.ndarray] = {}
@@ -180,13 +191,13 @@ class ObservationNoise(RandomizationWrapper):
                 how, terms = "nominal", []
             if how == "termwise":
                 vector = nominal.copy()
-                for name, mode, _, idx, nominal_part in terms:
-                    vector[idx] = apply_mode(mode, nominal_part, values[name])
+                for k, mode, _, idx, nominal_part in terms:
+                    vector[idx] = apply_mode(mode, nominal_part, float(values[k]))
                 current[field] = vector.reshape(self._nominal[field].shape)
             elif uniform is not None:  # the same IEEE operation as on each element
-                current[field] = np.float64(apply_mode(terms[0][1], uniform, values[terms[0][0]]) if terms else uniform)
+                current[field] = np.float64(apply_mode(terms[0][1], uniform, float(values[terms[0][0]])) if terms else uniform)
             else:  # never written in place, so "nominal" can share the cached vector
-                vector = apply_mode(terms[0][1], nominal, values[terms[0][0]]) if terms else nominal
+                vector = apply_mode(terms[0][1], nominal, float(values[terms[0][0]])) if terms else nominal
                 current[field] = vector.reshape(self._nominal[field].shape)
         self._current = current
         self._std, self._bias, self._scale = current["obs.noise_std"], current["obs.bias"], current["obs.scale"]
@@ -261,7 +272,6 @@ class ActionDelay(RandomizationWrapper):
     """
 
     kind = "action"
-    salt = 0x5EED03
 
     def __init__(
         self,
@@ -279,13 +289,15 @@ class ActionDelay(RandomizationWrapper):
             raise SpecError(f"ActionDelay takes one parameter with target 'action.delay', got {list(self.space.names)}")
         self._nominal_delay = int(delay)
         for p in self.space:
-            for value in p.range:
+            for value in (*p.range, *(p.limits or ())):
                 self._check_value(p.name, value)
         self._check_delay(self._nominal_delay, "ActionDelay: delay")
         low, high = env.action_space.low, env.action_space.high
         self._neutral = np.clip(np.zeros(env.action_space.shape, dtype=env.action_space.dtype), low, high)
         self.delay = self._nominal_delay
         self._queue: deque = deque()
+        self._delay_param = next(iter(self.space), None)
+        self._join()
 
     @staticmethod
     def _check_delay(delay: float, where: str) -> None:
@@ -303,10 +315,10 @@ class ActionDelay(RandomizationWrapper):
         # On Python floats: what numpy would compute, without its call costs.
         return apply_mode(self.space[name].mode, float(self._nominal_delay), value)
 
-    def _apply(self, values: dict[str, float]) -> None:
+    def _apply(self, values: np.ndarray) -> None:
         delay = self._nominal_delay
-        for name in values:  # at most one: this layer's own parameter
-            delay = int(round(self._delay_for(name, values[name])))
+        if self._delay_param is not None:  # at most one: this layer's own parameter
+            delay = int(round(apply_mode(self._delay_param.mode, float(self._nominal_delay), float(values[0]))))
         self.delay = delay
         self._queue = deque([self._neutral.copy() for _ in range(delay)])
 

@@ -1,0 +1,130 @@
+"""The strategy loop: finished episodes up to the strategy, its distribution down to workers.
+
+Each worker's outermost randomization layer puts what an episode ran on in the info of its
+last step (``info["dr_episode"]``: the joint sample and its tag); SB3's ``Monitor`` puts the
+return and length there (``info["episode"]``). :class:`StrategyFeedback` turns each into a
+typed :class:`~rlsim2real.strategies.base.EpisodeRecord`, writes it to
+``logs/episodes.csv``, and hands the rollout's records to ``strategy.update``; when the
+strategy says its distribution changed, it is broadcast to every worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rlsim2real.strategies.base import EpisodeRecord, Strategy
+
+
+def episode_success(success_return: float | None, ret: float, terminated: bool, truncated: bool, unstable: bool) -> bool:
+    """Whether an episode counts as a success: never when unstable; with a
+    ``success_return``, a return at least that high; otherwise reaching the time limit
+    without terminating."""
+    if unstable:
+        return False
+    if success_return is not None:
+        return ret >= success_return
+    return truncated and not terminated
+
+
+class StrategyFeedback(BaseCallback):
+    """Closes the strategy loop and logs what the workers ran on.
+
+    Args:
+        strategy: The strategy (in this, the learner, process).
+        success_return: The env spec's success threshold (``None``: success is reaching the
+            time limit).
+        episodes_csv: Where each finished episode is appended (``None``: not written).
+    """
+
+    def __init__(self, strategy: Strategy, success_return: float | None, episodes_csv: Path | None = None) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.success_return = success_return
+        self.episodes_csv = episodes_csv
+        self.records: list[EpisodeRecord] = []
+        self.episodes = 0
+        self.unstable = 0
+        self.truncated = 0
+        self.updates = 0
+        self.broadcasts = 0
+        self._rollout: list[EpisodeRecord] = []
+        self._file: Any = None
+        self._writer: Any = None
+        self.names: tuple[str, ...] = ()
+
+    def _on_training_start(self) -> None:
+        self.names = tuple(self.training_env.get_attr("param_names")[0])
+
+    def _on_step(self) -> bool:
+        dones = self.locals.get("dones")
+        if dones is None or not np.any(dones):
+            return True
+        infos = self.locals.get("infos", ())
+        for i in np.flatnonzero(dones):
+            info = infos[i]
+            sample, episode = info.get("dr_episode"), info.get("episode")
+            if sample is None or episode is None:
+                continue
+            truncated = bool(info.get("TimeLimit.truncated", False))
+            unstable = "instability" in info
+            ret = float(episode["r"])
+            record = EpisodeRecord(
+                env=int(i), vector=sample.vector, names=self.names, tag=sample.tag, ret=ret, length=int(episode["l"]),
+                success=episode_success(self.success_return, ret, not truncated, truncated, unstable),
+                unstable=unstable, pinned=bool(sample.pinned), timesteps=int(self.num_timesteps),
+            )
+            self._rollout.append(record)
+            self.episodes += 1
+            self.unstable += unstable
+            self.truncated += truncated
+            if self.episodes_csv is not None:
+                self._write(record)
+        return True
+
+    def _write(self, r: EpisodeRecord) -> None:
+        if self._writer is None:
+            new = not self.episodes_csv.exists() or self.episodes_csv.stat().st_size == 0
+            self.episodes_csv.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.episodes_csv, "a", newline="")
+            columns = ["timesteps", "env", "return", "length", "success", "unstable", "tag", *self.names]
+            self._writer = csv.writer(self._file)
+            if new:
+                self._writer.writerow(columns)
+        tag = "" if r.tag is None else json.dumps(r.tag)
+        self._writer.writerow([r.timesteps, r.env, round(r.ret, 4), r.length, int(r.success), int(r.unstable), tag,
+                               *r.vector.tolist()])
+
+    def _on_rollout_end(self) -> None:
+        records, self._rollout = self._rollout, []
+        if self._file is not None:
+            self._file.flush()
+        self.strategy.timesteps = max(self.strategy.timesteps, int(self.num_timesteps))
+        if records:
+            self.updates += 1
+            if self.strategy.update(records):
+                self.strategy.broadcast(self.training_env)
+                self.broadcasts += 1
+            vectors = np.stack([r.vector for r in records])
+            for name, mean in zip(self.names, vectors.mean(axis=0).tolist()):
+                self.logger.record(f"dr/{name}", mean)
+            self.logger.record("dr/success_rate", float(np.mean([r.success for r in records])))
+        entropy = self.strategy.distribution.entropy()
+        if math.isfinite(entropy):
+            self.logger.record("dr/entropy", entropy)
+        self.logger.record("dr/unstable_episodes", self.unstable)
+        self.logger.record("dr/episodes", self.episodes)
+        for key, value in self.strategy.log_values().items():
+            if not (isinstance(value, float) and math.isnan(value)):
+                self.logger.record(key, value)
+
+    def _on_training_end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
