@@ -135,7 +135,9 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return state
 
     def load_sampler_state(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`sampler_state` output; takes effect from the next reset."""
+        """Restore :meth:`sampler_state` output; takes effect from the next reset, which
+        continues the saved streams even if it is given a seed (SB3 re-seeds a VecEnv when
+        it builds or loads a model: that must not replay the run's first parameters)."""
         self._randomizer.load_state_dict(state)
         if state.get("env_rng") is not None:
             rng = np.random.Generator(np.random.PCG64())
@@ -148,6 +150,8 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if randomizer.driver is not self:  # an inner layer: the outermost one has drawn
             obs, info = self.env.reset(seed=seed, options=options)
             return self._observe(obs), info
+        if randomizer.restored:  # continue a restored stream (see load_sampler_state)
+            seed, randomizer.restored = None, False
         if seed is None:
             seed = randomizer.pending_seed
         randomizer.pending_seed = None

@@ -70,6 +70,7 @@ class Randomizer:
         self.vector = np.zeros(0)
         self.tag: Any = None
         self._owner: dict[str, "RandomizationWrapper"] = {}
+        self.restored = False
 
     # -- building --------------------------------------------------------------------
     def join(
@@ -254,7 +255,10 @@ class Randomizer:
         self.set_distribution(state["distribution"])
         self.rng.bit_generator.state = state["rng"]
         self._pinned = None if state["pinned"] is None else np.array(state["pinned"], dtype=np.float64)
-        self.pending_seed = None  # a restored stream is not re-seeded by the next reset
+        self.pending_seed = None
+        # The next reset continues the restored streams even if it is handed a seed: SB3
+        # re-seeds a VecEnv whenever it builds or loads a model, which would replay them.
+        self.restored = True
         for (layer, _), layer_state in zip(self.layers, state["layers"]):
             layer._load_stream_state(layer_state)
 
