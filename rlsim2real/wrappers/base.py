@@ -157,6 +157,10 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._resample()
         self._steps = 0
         obs, info = self.env.reset(seed=seed, options=options)
+        # Routed again now that the layers inside have re-routed their own ``step`` in that
+        # reset: a passive layer binds the inner ``step`` it finds, and the one bound in
+        # ``_resample`` was the previous episode's (a delay of 0 then would skip a delay now).
+        self._route_step()
         obs = self._observe(obs)
         # The layer inside has just been reset too and kept the dict it reported: extend a
         # copy of it with this layer's values, rather than asking ``params`` (which would
