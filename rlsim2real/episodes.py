@@ -159,10 +159,12 @@ class EpisodeRunner:
     stay open.
 
     Args:
-        spec: An :class:`EnvSpec`, a spec name or a path.
+        spec: An :class:`EnvSpec`, a spec name or a path (optional with ``envs``: it
+            resolves real set names and gives the success rule).
         batch: Most envs kept, and so most episodes stepped together. A wide batch spreads
             each forward pass of the policy over more episodes; each env costs a few
             milliseconds to build, once.
+        envs: Envs to run instead of building any; ``batch`` is then their number.
 
     Example:
         >>> from rlsim2real.episodes import EpisodeJob, EpisodeRunner
@@ -177,13 +179,24 @@ class EpisodeRunner:
         (True, 2)
     """
 
-    def __init__(self, spec: EnvSpec | str | os.PathLike, batch: int = 128) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec | str | os.PathLike | None = None,
+        batch: int = 128,
+        envs: Sequence[gym.Env] | None = None,
+    ) -> None:
+        if envs is not None:
+            if not envs:
+                raise SpecError("EpisodeRunner: expected at least one env")
+            batch = len(envs)
+        elif spec is None:
+            raise SpecError("EpisodeRunner: expected a spec to build envs from, or envs")
         if int(batch) < 1:
             raise SpecError(f"EpisodeRunner: batch must be >= 1, got {batch}")
-        self.spec: EnvSpec | None = load_env_spec(spec)
+        self.spec: EnvSpec | None = None if spec is None else load_env_spec(spec)
         self.batch = int(batch)
-        self._envs: list[gym.Env] = []
-        self._owns_envs = True
+        self._owns_envs = envs is None
+        self._envs: list[gym.Env] = [] if envs is None else list(envs)
 
     @classmethod
     def from_envs(cls, envs: Sequence[gym.Env], spec: EnvSpec | None = None) -> "EpisodeRunner":
@@ -193,14 +206,7 @@ class EpisodeRunner:
             envs: Gymnasium envs of one kind; ``batch`` is their number.
             spec: Resolves real set names and the success rule (optional).
         """
-        if not envs:
-            raise SpecError("EpisodeRunner.from_envs: expected at least one env")
-        runner = cls.__new__(cls)
-        runner.spec = spec
-        runner.batch = len(envs)
-        runner._envs = list(envs)
-        runner._owns_envs = False
-        return runner
+        return cls(spec, envs=envs)
 
     @property
     def envs(self) -> tuple[gym.Env, ...]:
@@ -333,10 +339,6 @@ class EpisodeRunner:
         envs, pins = self._prepare(jobs)
         return _Lockstep(envs, jobs, pins, policy, deterministic, record, max_steps, self.success_return).run()
 
-    def trajectories(self, results: Sequence[EpisodeResult]) -> Trajectories:
-        """Same as :func:`to_trajectories`."""
-        return to_trajectories(results)
-
 
 def _pin_of(env: gym.Env) -> Any:
     return env.get_wrapper_attr("pin") if env.has_wrapper_attr("pin") else None
@@ -382,6 +384,7 @@ class _Lockstep:
         self.data: list[Any] = [None] * n
         self.results: list[EpisodeResult | None] = [None] * len(jobs)
         self.next_job = 0
+        self.state: Any = None  # the policy's recurrent state, one row per slot
 
     def start(self, slot: int) -> None:
         k = self.next_job
@@ -432,7 +435,6 @@ class _Lockstep:
         return {i: policy(self.obs[i]) for i in active}
 
     def run(self) -> list[EpisodeResult]:
-        self.state = None
         for slot in range(len(self.envs)):
             self.start(slot)
         rec = self.record

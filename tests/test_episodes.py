@@ -108,7 +108,7 @@ def test_recording_matches_episode_lengths_and_the_model():
     with EpisodeRunner(SPEC, batch=2) as runner:
         results = runner.run(None, episodes.seeded_jobs("heavy_pole", 3, seed=0), record=episodes.RECORDABLE)
         plain = runner.run(None, episodes.seeded_jobs("heavy_pole", 3, seed=0))
-        trajs = runner.trajectories(results)
+        trajs = to_trajectories(results)
     for r in results:
         assert r.obs.shape == (r.length, 4) and r.actions.shape == (r.length, 1) and r.rewards.shape == (r.length,)
         assert r.qpos.shape == (r.length, nq) and r.qvel.shape == (r.length, nv)
@@ -165,6 +165,19 @@ def test_collect_trajectories_runs_the_users_env_as_configured():
     assert [p["pole_mass"] for p in trajs.params] == [2.0, 2.0, 2.0]
     assert trajs.lengths.max() <= 5
     assert env.reset()[1]["dr_params"]["pole_mass"] == 2.0  # still pinned
+
+
+def test_plain_gymnasium_envs_run_too():
+    import gymnasium as gym
+
+    env = gym.make("InvertedPendulum-v5")
+    trajs = rs.collect_trajectories(env, policy=None, episodes=2, seed=0)
+    assert trajs.params == [{}, {}] and trajs.qpos.shape == (len(trajs.obs), 2)
+    with EpisodeRunner.from_envs([env]) as runner:
+        assert runner.run(lean, [EpisodeJob("nominal", 0)])[0].length > 0
+        with pytest.raises(rs.SpecError, match="unknown parameters pole_mass"):
+            runner.run(lean, [EpisodeJob({"pole_mass": 2.0}, 0)])
+    assert env.reset(seed=0)[0].shape == (4,)  # the runner leaves a given env open
 
 
 def test_success_rule():
