@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rlsim2real.factory import make_real_env
+from rlsim2real.episodes import EpisodeJob, EpisodeResult, EpisodeRunner, seeded_jobs
 from rlsim2real.io import atomic_write, write_json, write_text
 from rlsim2real.params import SpecError
 from rlsim2real.runs import Run
@@ -180,105 +180,14 @@ class TransferReport:
         return out
 
 
-def _success(spec: EnvSpec, ret: float, terminated: bool, truncated: bool, unstable: bool) -> bool:
-    if unstable:
-        return False
-    if spec.success_return is not None:
-        return ret >= spec.success_return
-    return truncated and not terminated
+def _run(policy: Any, spec: EnvSpec, jobs: Sequence[EpisodeJob], deterministic: bool = True) -> list[EpisodeResult]:
+    # Sets and grid cells of one call share the runner's envs and its batched forward passes.
+    with EpisodeRunner(spec) as runner:
+        return runner.run(policy, jobs, deterministic)
 
 
-@dataclass(frozen=True)
-class _Episode:
-    ret: float
-    length: int
-    success: bool
-    params: dict[str, float]
-
-
-def run_episodes(
-    policy: Any,
-    spec: EnvSpec,
-    jobs: Sequence[tuple[str | Mapping[str, float], int]],
-    deterministic: bool = True,
-    batch: int = 128,
-) -> list[_Episode]:
-    """Run one episode per job ``(configuration, seed)``, all in lockstep.
-
-    Every active episode steps together, so a policy runs one batched forward pass per
-    step for up to ``batch`` episodes at once (the sets and the grid cells of a report
-    share those passes).
-
-    Args:
-        policy: Anything with SB3's ``predict(obs, state, episode_start, deterministic)``.
-        spec: The env spec.
-        jobs: ``(real set name | "nominal" | {param: value}, seed)`` per episode.
-        deterministic: Act with the mode of the action distribution.
-        batch: Most episodes stepped together.
-    """
-    out: list[_Episode] = []
-    for lo in range(0, len(jobs), batch):
-        out.extend(_lockstep(policy, spec, jobs[lo : lo + batch], deterministic))
-    return out
-
-
-def _lockstep(
-    policy: Any,
-    spec: EnvSpec,
-    jobs: Sequence[tuple[Any, int]],
-    deterministic: bool,
-    record: list[np.ndarray] | None = None,
-) -> list[_Episode]:
-    n = len(jobs)
-    envs = [make_real_env(spec, values, seed=seed) for values, seed in jobs]
-    first = [env.reset() for env in envs]
-    obs = np.stack([o for o, _ in first])
-    params = [dict(info.get("dr_params", {})) for _, info in first]
-    returns = np.zeros(n)
-    lengths = np.zeros(n, dtype=np.int64)
-    success = np.zeros(n, dtype=bool)
-    active = np.ones(n, dtype=bool)
-    state, starts = None, np.ones(n, dtype=bool)
-    try:
-        while active.any():
-            actions, state = policy.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
-            starts = np.zeros(n, dtype=bool)
-            if record is not None:
-                record.append(obs[active].copy())
-            for i in np.flatnonzero(active):
-                o, r, terminated, truncated, info = envs[i].step(actions[i])
-                obs[i] = o
-                returns[i] += float(r)
-                lengths[i] += 1
-                if terminated or truncated:
-                    active[i] = False
-                    success[i] = _success(spec, returns[i], terminated, truncated, "instability" in info)
-    finally:
-        for env in envs:
-            env.close()
-    return [_Episode(float(returns[i]), int(lengths[i]), bool(success[i]), params[i]) for i in range(n)]
-
-
-def collect_observations(
-    policy: Any,
-    spec: EnvSpec,
-    values: str | Mapping[str, float],
-    episodes: int,
-    seed: int,
-    deterministic: bool = False,
-) -> np.ndarray:
-    """Observations the policy meets on one configuration, shape (steps, *obs_shape).
-
-    Episodes run batched as in :func:`run_episodes`; these are the raw observations the
-    env emits (sensor terms applied), before any normalization.
-    """
-    record: list[np.ndarray] = []
-    _lockstep(policy, spec, [(values, seed + i) for i in range(episodes)], deterministic, record)
-    return np.concatenate(record, axis=0)
-
-
-def _summarize(episodes: Sequence[_Episode]) -> SetResult:
-    returns = np.array([e.ret for e in episodes])
+def _summarize(episodes: Sequence[EpisodeResult]) -> SetResult:
+    returns = np.array([e.episode_return for e in episodes])
     return SetResult(
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
@@ -313,19 +222,19 @@ def evaluate_policy(
     Returns:
         The returns, lengths and success rate.
     """
-    return _summarize(run_episodes(policy, spec, [(values, seed + i) for i in range(episodes)], deterministic))
+    return _summarize(_run(policy, spec, seeded_jobs(values, episodes, seed), deterministic))
 
 
-def _grid_jobs(grid: GridSpec, episodes: int, seed: int) -> list[tuple[dict[str, float], int]]:
+def _grid_jobs(grid: GridSpec, episodes: int, seed: int) -> list[EpisodeJob]:
     return [
-        ({grid.x: xv, grid.y: yv}, seed + k)
+        EpisodeJob({grid.x: xv, grid.y: yv}, seed + k)
         for yv in grid.y_values
         for xv in grid.x_values
         for k in range(episodes)
     ]
 
 
-def _grid_result(spec: EnvSpec, grid: GridSpec, episodes: int, results: Sequence[_Episode]) -> GridResult:
+def _grid_result(spec: EnvSpec, grid: GridSpec, episodes: int, results: Sequence[EpisodeResult]) -> GridResult:
     nx = len(grid.x_values)
     means = [[0.0] * nx for _ in grid.y_values]
     succ = [[0.0] * nx for _ in grid.y_values]
@@ -340,7 +249,7 @@ def evaluate_grid(
     policy: Any, spec: EnvSpec, grid: GridSpec, episodes: int = 5, seed: int = 0
 ) -> GridResult:
     """Mean return over every (x, y) pair of ``grid``; other parameters stay nominal."""
-    return _grid_result(spec, grid, episodes, run_episodes(policy, spec, _grid_jobs(grid, episodes, seed)))
+    return _grid_result(spec, grid, episodes, _run(policy, spec, _grid_jobs(grid, episodes, seed)))
 
 
 def plot_grid(grid: GridResult, path: str | os.PathLike) -> Path:
@@ -438,13 +347,13 @@ def evaluate_transfer(
 
     limit_torch_threads()
     policy = RunPolicy.from_run(run, device=device)
-    jobs: list[tuple[Any, int]] = [(name, seed + i) for name in names for i in range(episodes)]
+    jobs = [job for name in names for job in seeded_jobs(name, episodes, seed)]
     gspec = (spec.grid if grid is True else grid) or None
     n_grid = grid_episodes or min(episodes, 5)
     if gspec is not None:
         jobs += _grid_jobs(gspec, n_grid, seed)
     # Sets and grid cells run together, so the policy's forward passes are shared.
-    done = run_episodes(policy, spec, jobs)
+    done = _run(policy, spec, jobs)
     results = {name: _summarize(done[k * episodes : (k + 1) * episodes]) for k, name in enumerate(names)}
     grid_result = None
     if gspec is not None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from rlsim2real.evaluation import RunPolicy, collect_observations
+from rlsim2real.episodes import EpisodeRunner, seeded_jobs
+from rlsim2real.evaluation import RunPolicy
 from rlsim2real.params import SpecError
 from rlsim2real.specs import EnvSpec, TargetSpec
 from rlsim2real.trajectories import load_trajectories
@@ -58,12 +59,21 @@ class TargetSource:
         self.calls = 0
         self.collections = 0
         self._raw = load_target_file(target.file, obs_shape) if target.file is not None else None
+        self._runner: EpisodeRunner | None = None  # built at the first collection, then reused
 
     def _collect(self) -> np.ndarray:
+        """Raw observations (sensor terms applied, not normalized) of fresh target episodes."""
         policy = RunPolicy(self.model, self.normalizer)
         self.collections += 1
         seed = self.seed + 1000 * self.collections
-        return collect_observations(policy, self.spec, self.target.set, self.target.episodes, seed, deterministic=False)
+        if self._runner is None:
+            self._runner = EpisodeRunner(self.spec, batch=self.target.episodes)
+        jobs = seeded_jobs(self.target.set, self.target.episodes, seed)
+        results = self._runner.run(policy, jobs, deterministic=False, record=("obs",))
+        # Step-major (every episode's step 0, then step 1, ...), the order these rows have
+        # always had: the train/held-out split permutes rows, so the order is part of a seed.
+        rows = sorted((t, k) for k, r in enumerate(results) for t in range(r.length))
+        return np.stack([results[k].obs[t] for t, k in rows])
 
     def __call__(self, num_timesteps: int) -> np.ndarray:
         due = self.target.refresh_every and self.calls % self.target.refresh_every == 0

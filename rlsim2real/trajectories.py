@@ -148,6 +148,9 @@ def collect_trajectories(
 ) -> Trajectories:
     """Roll out ``episodes`` episodes and record them as arrays.
 
+    The episodes run through :class:`~rlsim2real.episodes.EpisodeRunner` on ``env`` as it
+    is: a pinned env stays pinned, a randomizing one samples per episode.
+
     Args:
         env: Any Gymnasium env; ``qpos``/``qvel`` are recorded when ``env.unwrapped`` is a
             MuJoCo env.
@@ -156,7 +159,7 @@ def collect_trajectories(
             ``predict(obs, state, episode_start, deterministic)``); or a callable
             ``obs -> action``.
         episodes: How many episodes.
-        seed: Seeds the first reset (episode i uses ``seed + i``) and random actions.
+        seed: Seeds the resets (episode i uses ``seed + i``) and the random actions.
         deterministic: Passed to ``predict``.
         max_steps: Cut each episode after this many steps.
 
@@ -165,38 +168,10 @@ def collect_trajectories(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    rng = np.random.default_rng(seed)
-    env.action_space.seed(None if seed is None else int(rng.integers(2**31)))
-    data = getattr(env.unwrapped, "data", None)
-    rows: dict[str, list] = {k: [] for k in _ARRAYS}
-    lengths, params = [], []
-    for ep in range(episodes):
-        obs, info = env.reset(seed=None if seed is None else seed + ep)
-        params.append(dict(info.get("dr_params", {})))
-        state, start, steps, done = None, np.ones((1,), dtype=bool), 0, False
-        while not done:
-            if policy is None:
-                action = env.action_space.sample()
-            elif hasattr(policy, "predict"):
-                action, state = policy.predict(obs[None], state=state, episode_start=start, deterministic=deterministic)
-                action = action[0]
-            else:
-                action = policy(obs)
-            start = np.zeros((1,), dtype=bool)
-            rows["obs"].append(np.array(obs, copy=True))
-            rows["actions"].append(np.array(action, copy=True))
-            if data is not None:
-                rows["qpos"].append(data.qpos.copy())
-                rows["qvel"].append(data.qvel.copy())
-            obs, reward, terminated, truncated, _ = env.step(action)
-            rows["rewards"].append(float(reward))
-            steps += 1
-            done = terminated or truncated or (max_steps is not None and steps >= max_steps)
-        lengths.append(steps)
-    return Trajectories(
-        obs=np.asarray(rows["obs"]), actions=np.asarray(rows["actions"]), rewards=np.asarray(rows["rewards"]),
-        lengths=np.asarray(lengths, dtype=np.int64),
-        qpos=np.asarray(rows["qpos"]) if rows["qpos"] else None,
-        qvel=np.asarray(rows["qvel"]) if rows["qvel"] else None,
-        params=params,
-    )
+    # episodes.py builds on this module (Trajectories), so it is imported here.
+    from rlsim2real.episodes import AS_IS, RECORDABLE, EpisodeRunner, seeded_jobs, to_trajectories
+
+    # The env runs as its owner configured it (pinned, randomized or plain), and stays open.
+    runner = EpisodeRunner.from_envs([env])
+    results = runner.run(policy, seeded_jobs(AS_IS, episodes, seed), deterministic, RECORDABLE, max_steps)
+    return to_trajectories(results)

@@ -19,18 +19,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rlsim2real.episodes import episode_success
 from rlsim2real.strategies.base import EpisodeRecord, Strategy
-
-
-def episode_success(success_return: float | None, ret: float, terminated: bool, truncated: bool, unstable: bool) -> bool:
-    """Whether an episode counts as a success: never when unstable; with a
-    ``success_return``, a return at least that high; otherwise reaching the time limit
-    without terminating."""
-    if unstable:
-        return False
-    if success_return is not None:
-        return ret >= success_return
-    return truncated and not terminated
 
 
 class StrategyFeedback(BaseCallback):
