@@ -31,7 +31,8 @@ def _cmd_envs(args: argparse.Namespace) -> int:
                 print(f"  {title}:")
             for p in space:
                 rng = f"[{p.low:g}, {p.high:g}]" if p.low != p.high else f"{p.low:g}"
-                print(f"    {p.name:<{wn}}{p.target:<{wt}}{p.mode:<6}{rng:<14}{p.dist}")
+                lim = f"  limits [{p.limits[0]:g}, {p.limits[1]:g}]" if p.limits is not None else ""
+                print(f"    {p.name:<{wn}}{p.target:<{wt}}{p.mode:<6}{rng:<14}{p.dist:<11}{lim}")
         print("  real sets:")
         for set_name, values in spec.real_sets.items():
             shown = ", ".join(f"{k}={v:g}" for k, v in values.items())

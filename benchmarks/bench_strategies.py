@@ -1,0 +1,156 @@
+"""Uniform against automatic DR at the same agent steps, over seeds, on every held-out set.
+
+Trains each strategy's experiment for each seed (one subprocess per run, ``--workers`` at a
+time), evaluates every run on the nominal sim and every real set of the env spec, and
+reports per set the mean and standard deviation of the per-seed mean returns and success
+rates; for ADR, the final ranges and the distribution's entropy.
+
+    python benchmarks/bench_strategies.py --env inverted_pendulum --seeds 0 1 2 --timesteps 300000 --workers 2
+    python benchmarks/bench_strategies.py --env hopper --seeds 0 1 2 --timesteps 1000000 --workers 6
+
+Writes benchmarks/results/strategies_<env>.json and .md (``--no-write``: print only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import describe, machine  # noqa: E402
+from rlsim2real.io import write_json, write_text  # noqa: E402
+
+PAIRS = {
+    "inverted_pendulum": {"uniform": "experiments/quickstart.toml", "automatic": "experiments/inverted_pendulum_adr.toml"},
+    "hopper": {"uniform": "experiments/hopper_udr.toml", "automatic": "experiments/hopper_adr.toml"},
+}
+
+
+def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes: int, folder: Path) -> dict:
+    out = folder / f"{strategy}_{seed}"
+    env = {**os.environ, "RLSIM2REAL_TORCH_THREADS": "1"}
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "rlsim2real.cli", "train", str(ROOT / experiment), "--seed", str(seed),
+           "--timesteps", str(timesteps), "--out", str(out), "--no-eval", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    train_seconds = time.time() - t0
+    proc = subprocess.run([sys.executable, "-m", "rlsim2real.cli", "evaluate", str(out), "--episodes", str(episodes)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluate {out} failed:\n{proc.stderr[-2000:]}")
+    transfer = json.loads((out / "transfer.json").read_text())
+    summary = json.loads((out / "strategy.json").read_text())
+    status = json.loads((out / "run.json").read_text())
+    result = {
+        "strategy": strategy, "seed": seed, "train_seconds": round(train_seconds, 1),
+        "timesteps": transfer["timesteps"], "unstable_fraction": status.get("unstable_fraction"),
+        "sets": {name: {"mean_return": s["mean_return"], "success_rate": s["success_rate"]}
+                 for name, s in transfer["sets"].items()},
+    }
+    if strategy == "automatic":
+        result["ranges"] = summary["ranges"]
+        result["entropy_per_dim"] = summary["entropy_per_dim"]
+        result["point_dims"] = summary["point_dims"]
+        result["expansions"] = summary["expansions"]
+    print(f"{strategy} seed {seed}: " + ", ".join(f"{k} {v['mean_return']:.0f}" for k, v in result["sets"].items()), flush=True)
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m: dict, seconds: float) -> tuple[dict, str]:
+    strategies = list(pair)
+    sets = list(runs[0]["sets"])
+    table: dict[str, dict[str, dict]] = {}
+    for s in strategies:
+        mine = [r for r in runs if r["strategy"] == s]
+        table[s] = {}
+        for name in sets:
+            ret = mean_std([r["sets"][name]["mean_return"] for r in mine])
+            suc = mean_std([r["sets"][name]["success_rate"] for r in mine])
+            table[s][name] = {"mean_return": ret[0], "std_return": ret[1], "success_rate": suc[0], "std_success": suc[1]}
+    command = " ".join(["python benchmarks/bench_strategies.py", f"--env {args.env}", "--seeds", *map(str, args.seeds),
+                        f"--timesteps {args.timesteps}", f"--episodes {args.episodes}", f"--workers {args.workers}"])
+    data = {"command": command, "env": args.env, "experiments": pair, "seeds": args.seeds, "timesteps": args.timesteps,
+            "episodes_per_set": args.episodes, "machine": m, "wall_seconds": round(seconds, 1), "summary": table,
+            "training_box": box, "runs": runs}
+    lines = [
+        f"# Uniform vs automatic DR on `{args.env}`",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.timesteps:,} agent steps per run, "
+        f"{args.episodes} deterministic episodes per set and run. Each cell: mean ± standard deviation over seeds of "
+        f"the per-run mean return (success rate in brackets). Experiments: " +
+        ", ".join(f"{s} = `{e}`" for s, e in pair.items()) + ".",
+        "",
+        describe(m),
+        "",
+        "| set | " + " | ".join(strategies) + " | differs from nominal |",
+        "|---|" + "---:|" * len(strategies) + "---|",
+    ]
+    for name in sets:
+        cells = [f"{table[s][name]['mean_return']:.0f} ± {table[s][name]['std_return']:.0f} "
+                 f"({table[s][name]['success_rate']:.0%})" for s in strategies]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {box['sets'].get(name, '-')} |")
+    adr = [r for r in runs if r["strategy"] == "automatic"]
+    if adr:
+        lines += ["", "Final ADR ranges per seed (training box of the uniform run in brackets), and the entropy of the "
+                  "ADR distribution in nats per dimension over dimensions of positive width:", "",
+                  "| parameter | uniform box | " + " | ".join(f"seed {r['seed']}" for r in adr) + " |",
+                  "|---|---|" + "---|" * len(adr)]
+        for name in adr[0]["ranges"]:
+            lines.append(f"| {name} | {box['params'].get(name, 'nominal')} | " +
+                         " | ".join(f"[{r['ranges'][name][0]:.3g}, {r['ranges'][name][1]:.3g}]" for r in adr) + " |")
+        lines.append("| entropy (nats/dim) | | " + " | ".join(f"{r['entropy_per_dim']:.2f} ({r['point_dims']} points)" for r in adr) + " |")
+        lines.append("| expansions | | " + " | ".join(str(r["expansions"]) for r in adr) + " |")
+    lines += ["", "Per run:", "", "| strategy | seed | train s | " + " | ".join(sets) + " |", "|---|---:|---:|" + "---:|" * len(sets)]
+    for r in runs:
+        lines.append(f"| {r['strategy']} | {r['seed']} | {r['train_seconds']:.0f} | " +
+                     " | ".join(f"{r['sets'][n]['mean_return']:.0f}" for n in sets) + " |")
+    return data, "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=list(PAIRS), default="inverted_pendulum")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--timesteps", type=int, default=300_000)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    import rlsim2real as rs
+
+    pair = PAIRS[args.env]
+    spec = rs.load_env_spec(args.env)
+    box = {"params": {p.name: f"[{p.low:g}, {p.high:g}]" for p in spec.params},
+           "sets": {n: ", ".join(f"{k}={v:g}" for k, v in values.items()) for n, values in spec.real_sets.items()}}
+    start = time.time()
+    jobs = [(s, e, seed) for seed in args.seeds for s, e in pair.items()]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_one, s, e, seed, args.timesteps, args.episodes, Path(tmp)) for s, e, seed in jobs]
+        runs = [f.result() for f in futures]
+    data, md = report(args, runs, pair, box, machine(), time.time() - start)
+    print(md)
+    if not args.no_write:
+        write_json(ROOT / "benchmarks" / "results" / f"strategies_{args.env}.json", data)
+        write_text(ROOT / "benchmarks" / "results" / f"strategies_{args.env}.md", md)
+
+
+if __name__ == "__main__":
+    main()
