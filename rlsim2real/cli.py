@@ -81,7 +81,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """Reports a bad option in one line (``-h`` still shows the usage), exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"rlsim2real: error: {self.prog}: {message} (see {self.prog} -h)\n")
+        self.exit(2, f"rlsim2real: error: {message} (see {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

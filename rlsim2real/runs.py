@@ -454,7 +454,7 @@ def _diff(old: Any, new: Any, where: str) -> tuple[str, Any, Any] | None:
             if found is not None:
                 return found
         return None
-    if old != new or type(old) is not type(new) and not _same_number(old, new):
+    if old != new or (type(old) is not type(new) and not _same_number(old, new)):
         return where, old, new
     return None
 
@@ -464,8 +464,11 @@ def _same_values(old: list[Any], new: list[Any]) -> bool:
 
 
 def _same_number(a: Any, b: Any) -> bool:
-    numbers = (int, float)
-    return isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool) and a == b
+    # 1 and 1.0 are the same setting (TOML and JSON keep the difference); True and 1 are not.
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return number(a) and number(b) and a == b
 
 
 def _names(items: list[Any]) -> list[str] | None:
