@@ -350,7 +350,7 @@ def test_a_whole_delay_a_range_of_delays_and_a_fixed_fractional_delay(tmp_path):
     spec = tmp_path / "pendulum.toml"
     spec.write_text(text.replace("action_delay = 2\n", "action_delay = 2.0\n"))
     assert rs.load_env_spec(spec).real_sets["action_latency"]["action_delay"] == 2.0
-    ranged = text.replace('target = "action.delay"\nmode = "add"\n', 'target = "action.delay"\nmode = "add"\nrange = [0, 2.5]\n')
+    ranged = text.replace('target = "action.delay"\n', 'target = "action.delay"\nrange = [0, 2.5]\n')
     assert ranged != text
     spec.write_text(ranged)
     rs.load_env_spec(spec)  # sampled, then rounded to whole steps
