@@ -1,15 +1,15 @@
 """The ``rlsim2real`` command line: ``envs``, ``train``, ``evaluate``.
 
-Bad input (a spec error, an unknown set, a missing run) prints one line naming the place
-and what was expected, and exits with status 2.
+Bad input (a spec error, an unknown set, a missing run, a bad option) prints one line
+naming the place and what was expected, and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from rlsim2real.params import SpecError
 
@@ -63,15 +63,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rlsim2real.evaluation import evaluate_transfer
 
     sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
-    report = evaluate_transfer(args.run_dir, episodes=args.episodes, sets=sets, grid=args.grid, device=args.device)
+    report = evaluate_transfer(
+        args.run_dir,
+        episodes=args.episodes,
+        sets=sets,
+        grid=args.grid,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        step=args.step,
+        progress=args.progress,
+    )
     print(report.table())
-    written = ["transfer.json", "transfer.md"] + (["transfer.png"] if args.grid else [])
-    print(f"wrote {', '.join(str(Path(args.run_dir) / w) for w in written)}")
+    print(f"wrote {', '.join(str(p) for p in report.saved.values())}")
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports a bad option in one line (``-h`` still shows the usage), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"rlsim2real: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlsim2real", description="Sim-to-real RL for MuJoCo.")
+    parser = _OneLineParser(prog="rlsim2real", description="Sim-to-real RL for MuJoCo.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("envs", help="list env specs, their parameters and real sets")
@@ -93,11 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a trained run on held-out real sets")
     p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--sets", help="comma-separated set names (default: nominal and every real set)")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per set (default 10)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per set, >= 1 (default 10)")
     p.add_argument("--grid", action="store_true", help="also sweep the spec's 2-D grid and draw transfer.png")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:N (default cpu)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--checkpoint", metavar="PATH",
+        help="evaluate this checkpoint folder instead of the final model.zip; the report goes into that folder",
+    )
+    which.add_argument(
+        "--step", type=int, metavar="N",
+        help="evaluate the checkpoint saved at step N; the report goes into its folder (checkpoints/step_N)",
+    )
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=_cmd_evaluate)
     return parser
+
+
+_CANNOT_WRITE = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         print(f"rlsim2real: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Output that could not be written (read-only, full disk) after the up-front
+        # checks passed: one line, the files already written are kept.
+        if exc.errno not in _CANNOT_WRITE:
+            raise
+        print(f"rlsim2real: error: {exc.filename or 'output'}: cannot write: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlsim2real: interrupted", file=sys.stderr)

@@ -3,13 +3,20 @@
 ``evaluate_transfer(run)`` runs deterministic episodes of a trained policy on the nominal
 sim and on every real set of the run's env spec, with observation normalization frozen,
 and writes ``transfer.json`` / ``transfer.md`` (and ``transfer.png`` for a grid) into the
-run directory.
+run directory. It evaluates the run's final ``model.zip`` only; a checkpoint is evaluated
+when one is chosen explicitly (``checkpoint=`` / ``step=``), and its report goes into that
+checkpoint's folder, so the run's own ``transfer.*`` are never replaced by a checkpoint's.
+
+Everything that can be checked is checked before the first episode: the episode count,
+the device, the set names, the model and normalization files, and that the report can be
+written (the run's lock is free and the folder writable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pickle
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +27,7 @@ import numpy as np
 from rlsim2real.episodes import EpisodeJob, EpisodeResult, EpisodeRunner, seeded_jobs
 from rlsim2real.io import atomic_write, write_json, write_text
 from rlsim2real.params import SpecError
-from rlsim2real.runs import Run
+from rlsim2real.runs import Run, RunLock, check_device, check_writable, load_normalizer
 from rlsim2real.specs import EnvSpec, GridSpec
 
 
@@ -41,15 +48,29 @@ class RunPolicy:
 
     @classmethod
     def from_run(cls, run: Run | str | os.PathLike, folder: Path | None = None, device: str = "cpu") -> "RunPolicy":
-        """Load the run's newest policy and its normalization statistics."""
+        """Load a run's policy and its normalization statistics.
+
+        Args:
+            run: A :class:`Run` or its directory.
+            folder: Where ``model.zip`` (and ``vecnormalize.pkl``) are: the run root by
+                default (see :meth:`Run.model_dir`; there is no silent fallback to a
+                checkpoint), or a checkpoint folder.
+            device: Torch device.
+
+        Raises:
+            SpecError: naming the file, if ``model.zip`` is missing or either file is empty,
+                truncated or corrupt; or if the run was normalized and its statistics are gone.
+        """
         run = run if isinstance(run, Run) else Run.open(run)
-        folder = folder or run.model_dir()
-        model = run.load_model(folder, device=device)
-        obs_rms = None
+        folder = Path(folder) if folder is not None else run.model_dir()
         stats = folder / "vecnormalize.pkl"
-        if stats.is_file():
-            with open(stats, "rb") as fh:
-                obs_rms = pickle.load(fh)
+        if run.config.get("normalize") and not stats.exists():
+            # Without its statistics a normalized policy sees raw observations and fails
+            # quietly: refuse instead.
+            raise SpecError(f"{stats}: no such file; the run was trained with normalize = true and needs it")
+        obs_rms = load_normalizer(stats) if stats.exists() else None
+        model = run.load_model(folder, device=device)
+        if obs_rms is not None:
             obs_rms.training = False
             obs_rms.norm_reward = False
         return cls(model, obs_rms)
@@ -116,6 +137,8 @@ class GridResult:
     success_rate: list[list[float]]
     episodes: int
     train_box: dict[str, list[float]] = field(default_factory=dict)
+    color_max: float | None = None
+    """Top of the heat map's colour scale (see :func:`plot_grid`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -132,6 +155,8 @@ class TransferReport:
     seed: int
     sets: dict[str, SetResult]
     grid: GridResult | None = None
+    saved: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
+    """Files :meth:`save` wrote (``json``, ``md``, ``png``); not part of ``to_dict()``."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -177,6 +202,7 @@ class TransferReport:
             out["png"] = plot_grid(self.grid, folder / "transfer.png")
             md += f"\n![transfer grid: {self.grid.x} x {self.grid.y}](transfer.png)\n"
         out["md"] = write_text(folder / "transfer.md", md)
+        self.saved = out
         return out
 
 
@@ -252,32 +278,61 @@ def evaluate_grid(
     return _grid_result(spec, grid, episodes, _run(policy, spec, _grid_jobs(grid, episodes, seed)))
 
 
-def plot_grid(grid: GridResult, path: str | os.PathLike) -> Path:
-    """Draw the grid as a heat map (mean return), with the training box outlined."""
+def color_scale(grid: GridResult, color_max: float | None = None) -> tuple[float, float, bool]:
+    """The heat map's colour scale ``(vmin, vmax, fixed)``.
+
+    The scale is fixed, so that two maps can be compared cell by cell: from 0 to
+    ``color_max`` (the argument, else ``grid.color_max``, which evaluation sets from the env
+    spec's ``evaluation.color_max``, else its ``evaluation.success_return``). Only when none
+    is known does it follow this grid's own largest mean (``fixed`` is then ``False`` and the
+    map says so). Returns below 0 or above the top take the end colours.
+    """
+    top = color_max if color_max is not None else grid.color_max
+    if top is not None and top > 0:
+        return 0.0, float(top), True
+    data = np.asarray(grid.mean_return, dtype=float)
+    return 0.0, float(max(np.nanmax(data), 0.0)) or 1.0, False
+
+
+def plot_grid(grid: GridResult, path: str | os.PathLike, color_max: float | None = None) -> Path:
+    """Draw the grid as a heat map of mean return, with the training box outlined.
+
+    Args:
+        grid: The grid result.
+        path: The ``.png`` to write (atomically).
+        color_max: Top of the colour scale; default ``grid.color_max`` (see :func:`color_scale`).
+
+    Returns:
+        ``path`` as a :class:`Path`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    data = np.asarray(grid.mean_return)
+    data = np.asarray(grid.mean_return, dtype=float)
+    vmin, vmax, fixed = color_scale(grid, color_max)
     fig, ax = plt.subplots(figsize=(1.1 * len(grid.x_values) + 2.5, 0.9 * len(grid.y_values) + 1.8))
-    im = ax.imshow(data, origin="lower", cmap="viridis", aspect="auto")
+    im = ax.imshow(data, origin="lower", cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(grid.x_values)), [f"{v:g}" for v in grid.x_values])
     ax.set_yticks(range(len(grid.y_values)), [f"{v:g}" for v in grid.y_values])
     ax.set_xlabel(grid.x)
     ax.set_ylabel(grid.y)
-    ax.set_title(f"mean return ({grid.episodes} episodes per cell)")
-    span = float(np.ptp(data)) or 1.0
+    scale = "" if fixed else "; scaled to this grid: set evaluation.color_max"
+    ax.set_title(f"mean return ({grid.episodes} episodes per cell{scale})", fontsize=9 if scale else None)
     for j in range(data.shape[0]):
         for i in range(data.shape[1]):
-            dark = (data[j, i] - data.min()) / span < 0.5
+            dark = (data[j, i] - vmin) / (vmax - vmin) < 0.5
             ax.text(i, j, f"{data[j, i]:.0f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     rect = _box_rect(grid)
     if rect is not None:
         ax.add_patch(Rectangle(rect[:2], rect[2], rect[3], fill=False, edgecolor="red", linewidth=2, label="training box"))
         ax.legend(loc="upper right", fontsize=8)
-    fig.colorbar(im, ax=ax)
+    below, above = bool(np.nanmin(data) < vmin), bool(np.nanmax(data) > vmax)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[below, above]
+    bar = fig.colorbar(im, ax=ax, extend=extend)
+    bar.set_label("mean return")
     fig.tight_layout()
 
     def write(p: Path) -> None:
@@ -316,26 +371,43 @@ def evaluate_transfer(
     seed: int = 10_000,
     device: str = "cpu",
     save: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    step: int | None = None,
+    progress: bool | None = None,
 ) -> TransferReport:
     """Evaluate a trained run on the nominal sim and its env spec's held-out real sets.
 
     Args:
         run: A :class:`Run` (as returned by :func:`rlsim2real.train`) or its directory.
-        episodes: Deterministic episodes per set.
+        episodes: Deterministic episodes per set (>= 1).
         sets: Set names (``"nominal"`` and real sets); default all.
         grid: ``True`` for the spec's default grid, or a :class:`GridSpec`.
         grid_episodes: Episodes per grid cell (default ``min(episodes, 5)``).
         seed: Base seed of the evaluation episodes (distinct from training seeds).
-        device: Torch device for the policy.
-        save: Write ``transfer.json`` / ``.md`` / ``.png`` into the run directory.
+        device: Torch device for the policy (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        save: Write ``transfer.json`` / ``.md`` / ``.png``: into the run directory, or into
+            the checkpoint's folder when a checkpoint is chosen. Saving holds the run's
+            :class:`~rlsim2real.runs.RunLock` (purpose ``"evaluate"``) throughout.
+        checkpoint: Evaluate this checkpoint folder (or its ``model.zip``) instead of the
+            run's final model.
+        step: Evaluate the checkpoint saved at this step instead of the final model.
+        progress: Show a progress bar on stderr (default: when stderr is a terminal;
+            otherwise one line says what is being evaluated). ``False``: silent.
 
     Returns:
         The report.
 
     Raises:
-        SpecError: on an unknown set name or a run without a model.
+        SpecError: before any episode runs, in one line: a bad episode count, device, set
+            name or grid; a missing, empty or corrupt model or normalization file; both
+            ``checkpoint`` and ``step``; a run another process holds, or a folder the report
+            cannot be written to.
     """
     run = run if isinstance(run, Run) else Run.open(run)
+    _check_count(episodes, "episodes (--episodes)")
+    if grid_episodes is not None:
+        _check_count(grid_episodes, "grid_episodes")
+    check_device(device)
     spec = run.env_spec
     names = list(sets) if sets else ["nominal", *spec.real_sets]
     for name in names:
@@ -343,23 +415,52 @@ def evaluate_transfer(
             spec.real_set(name)  # unknown names fail before any episode runs
     if grid is True and spec.grid is None:
         raise SpecError(f"{spec.source}: evaluation.grid is not set; add one to evaluate a grid")
-    from rlsim2real.training import limit_torch_threads
-
-    limit_torch_threads()
-    policy = RunPolicy.from_run(run, device=device)
-    jobs = [job for name in names for job in seeded_jobs(name, episodes, seed)]
+    if checkpoint is not None and step is not None:
+        raise SpecError("--checkpoint and --step both given; expected one of them")
+    if checkpoint is not None or step is not None:
+        folder = run.checkpoint(step=step, path=checkpoint)
+    else:
+        folder = run.model_dir()
     gspec = (spec.grid if grid is True else grid) or None
     n_grid = grid_episodes or min(episodes, 5)
+    with RunLock(run.path, "evaluate") if save else contextlib.nullcontext():
+        if save:
+            check_writable(folder)
+        report = _evaluate_folder(run, folder, names, episodes, gspec, n_grid, seed, device, progress)
+        if save:
+            report.save(folder)
+    return report
+
+
+def _evaluate_folder(
+    run: Run,
+    folder: Path,
+    names: list[str],
+    episodes: int,
+    gspec: GridSpec | None,
+    n_grid: int,
+    seed: int,
+    device: str,
+    progress: bool | None,
+) -> TransferReport:
+    from rlsim2real.training import limit_torch_threads
+
+    spec = run.env_spec
+    limit_torch_threads()
+    policy = RunPolicy.from_run(run, folder, device=device)
+    jobs = [job for name in names for job in seeded_jobs(name, episodes, seed)]
     if gspec is not None:
         jobs += _grid_jobs(gspec, n_grid, seed)
     # Sets and grid cells run together, so the policy's forward passes are shared.
-    done = _run(policy, spec, jobs)
+    label = f"evaluate {run.path if folder == run.path else folder}"
+    done = _run_with_progress(policy, spec, jobs, progress, label, device)
     results = {name: _summarize(done[k * episodes : (k + 1) * episodes]) for k, name in enumerate(names)}
     grid_result = None
     if gspec is not None:
         grid_result = _grid_result(spec, gspec, n_grid, done[len(names) * episodes :])
+        grid_result.color_max = spec.color_max if spec.color_max is not None else spec.success_return
     cfg = run.config
-    report = TransferReport(
+    return TransferReport(
         env=spec.name,
         strategy=cfg.get("strategy", "uniform"),
         dann=bool(cfg.get("agent", {}).get("dann", {}).get("enabled", False)),
@@ -368,6 +469,76 @@ def evaluate_transfer(
         sets=results,
         grid=grid_result,
     )
-    if save:
-        report.save(run.path)
-    return report
+
+
+def _check_count(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SpecError(f"{where}: expected an integer >= 1, got {value!r}")
+
+
+# Episodes per runner call: its own lockstep batch, so chunking changes nothing
+# but lets a progress bar move.
+_PROGRESS_CHUNK = 128
+
+
+class _StepCounter:
+    """Forwards ``predict`` and moves a progress bar by one step per batched call.
+
+    The bar counts lockstep steps: each chunk of episodes is worth ``horizon`` steps (the
+    time limit), and snaps to its full worth when its episodes are done.
+    """
+
+    def __init__(self, policy: Any, bar: Any, horizon: int) -> None:
+        self._policy = policy
+        self._bar = bar
+        self._horizon = horizon
+        self._calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        if self._calls < self._horizon - 1:
+            self._calls += 1
+            self._bar.update(1)
+        return self._policy.predict(*args, **kwargs)
+
+    def finish_chunk(self) -> None:
+        self._bar.update(self._horizon - self._calls)
+        self._calls = 0
+
+
+def _horizon(spec: EnvSpec) -> int:
+    if spec.max_episode_steps:
+        return int(spec.max_episode_steps)
+    if spec.env_id:
+        import gymnasium as gym
+
+        try:
+            return int(gym.spec(spec.env_id).max_episode_steps or 1000)
+        except gym.error.Error:
+            pass
+    return 1000
+
+
+def _run_with_progress(
+    policy: Any, spec: EnvSpec, jobs: list[EpisodeJob], progress: bool | None, label: str, device: str
+) -> list[EpisodeResult]:
+    show = sys.stderr.isatty() if progress is None else progress
+    if not show:
+        if progress is None:
+            print(f"{label}: {len(jobs)} episodes on {device}", file=sys.stderr, flush=True)
+        return _run(policy, spec, jobs)
+    from tqdm import tqdm
+
+    chunks = range(0, len(jobs), _PROGRESS_CHUNK)
+    horizon = _horizon(spec)
+    done: list[EpisodeResult] = []
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
+    with tqdm(total=len(chunks) * horizon, desc=label, bar_format=bar_format, file=sys.stderr, dynamic_ncols=True) as bar:
+        counter = _StepCounter(policy, bar, horizon)
+        for lo in chunks:
+            done.extend(_run(counter, spec, jobs[lo : lo + _PROGRESS_CHUNK]))
+            counter.finish_chunk()
+            bar.set_postfix_str(f"{len(done)}/{len(jobs)} episodes")
+    return done

@@ -14,6 +14,7 @@ An env spec::
     resample_every = 0              # 0: sample at reset only
     [evaluation]
     success_return = 1000.0         # omit: success = reaching the time limit
+    color_max = 1000.0              # top of the heat map's colour scale (default success_return)
     grid = { x = "torso_mass", y = "friction", x_values = [0.5, 1.0, 1.5], y_values = [0.5, 1.0] }
     [params.torso_mass]             # the training box
     target = "body_mass[torso]"
@@ -135,7 +136,7 @@ def _typed(value: Any, types: type | tuple[type, ...], where: str, expected: str
 _ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "description")
 _ENV_TABLE_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "description")
 _PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "description")
-_EVAL_KEYS = ("success_return", "grid")
+_EVAL_KEYS = ("success_return", "color_max", "grid")
 _GRID_KEYS = ("x", "y", "x_values", "y_values")
 
 
@@ -167,6 +168,8 @@ class EnvSpec:
         success_return: Episode return that counts as a success (``None``: success means
             the episode reached its time limit without terminating).
         grid: Default grid for ``evaluate --grid``.
+        color_max: Top of the grid heat map's fixed colour scale, which starts at 0
+            (``None``: ``success_return``; with neither, the map scales to its own data).
     """
 
     name: str
@@ -183,6 +186,7 @@ class EnvSpec:
     description: str = ""
     path: Path | None = None
     nominal: dict[str, float] = field(default_factory=dict)
+    color_max: float | None = None
 
     @property
     def all_params(self) -> ParamSpace:
@@ -225,6 +229,7 @@ class EnvSpec:
             real_sets={k: dict(v) for k, v in (d.get("real_sets") or {}).items()},
             resample_every=d.get("resample_every"),
             success_return=d.get("success_return"),
+            color_max=d.get("color_max"),
             grid=None if grid is None else GridSpec(grid["x"], grid["y"], tuple(grid["x_values"]), tuple(grid["y_values"])),
             description=d.get("description", ""),
             path=Path(d["path"]) if d.get("path") else None,
@@ -245,6 +250,7 @@ class EnvSpec:
             "real_sets": self.real_sets,
             "resample_every": self.resample_every,
             "success_return": self.success_return,
+            "color_max": self.color_max,
             "grid": None if self.grid is None else self.grid.__dict__,
             "description": self.description,
             "nominal": self.nominal,
@@ -269,12 +275,15 @@ def _parse_param(name: str, table: Any, where: str, heldout: bool) -> Param:
     ):
         raise SpecError(f"{where}.limits: expected [low, high], got {limits!r}")
     try:
-        return Param(
+        param = Param(
             name, t["target"], tuple(rng), mode, t.get("dist", "uniform"), t.get("mean"), t.get("std"),
             None if limits is None else tuple(limits),
         )
     except SpecError as exc:
         raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+    if rng[0] == rng[1]:
+        _check_whole_delay(param, rng[0], f"{where}.range")
+    return param
 
 
 def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> EnvSpec:
@@ -336,15 +345,32 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
             if k not in all_names:
                 raise SpecError(f"{where}: unknown parameter {k!r}; expected one of {', '.join(all_names)}")
             _typed(v, (int, float), f"{where}.{k}", "a number")
+            _check_whole_delay(spec.all_params[k], v, f"{where}.{k}")
         spec.real_sets[set_name] = {k: float(v) for k, v in values.items()}
     eval_t = check_keys(data.get("evaluation", {}), _EVAL_KEYS, f"{f}: evaluation")
     if "success_return" in eval_t:
         spec.success_return = float(_typed(eval_t["success_return"], (int, float), f"{f}: evaluation.success_return", "a number"))
+    if "color_max" in eval_t:
+        top = _typed(eval_t["color_max"], (int, float), f"{f}: evaluation.color_max", "a number > 0")
+        if not top > 0:
+            raise SpecError(f"{f}: evaluation.color_max: expected a number > 0, got {top!r}")
+        spec.color_max = float(top)
     if "grid" in eval_t:
         spec.grid = _parse_grid(eval_t["grid"], f"{f}: evaluation.grid", all_names)
     if validate:
         validate_env_spec(spec)
     return spec
+
+
+def _check_whole_delay(param: Param, value: float, where: str) -> None:
+    """An action delay is applied in whole control steps: a fixed delay must be one.
+
+    A real-set value (or a fixed, zero-width range) of an ``action.delay`` term in mode
+    ``add`` or ``abs`` that is not a whole number would be silently rounded (2.5 applied
+    as 2); it is an error. A range ``[low, high]`` is fine: it is sampled, then rounded.
+    """
+    if param.parsed.field == "action.delay" and param.mode in ("add", "abs") and float(value) != round(float(value)):
+        raise SpecError(f"{where}: expected a whole number of control steps for action.delay, got {value!r}")
 
 
 def _parse_grid(table: Any, where: str, names: tuple[str, ...]) -> GridSpec:
@@ -679,6 +705,8 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     target = _parse_target(data.get("target"), f, env, path.parent)
     if agent.dann.get("enabled") and target is None:
         raise SpecError(f"{f}: target: missing; the agent {agent.name!r} uses DANN and needs a [target] set or file")
+    n_envs = _positive_int(e.get("n_envs", 4), f"{f}: experiment.n_envs")
+    check_minibatches(agent, n_envs, f)
     return ExperimentSpec(
         target=target,
         name=str(e.get("name", path.stem)),
@@ -692,7 +720,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         ),
         timesteps=_positive_int(e.get("timesteps", 100_000), f"{f}: experiment.timesteps"),
         seed=_positive_int(e.get("seed", 0), f"{f}: experiment.seed", allow_zero=True),
-        n_envs=_positive_int(e.get("n_envs", 4), f"{f}: experiment.n_envs"),
+        n_envs=n_envs,
         vec_env=vec_env,
         normalize=bool(_typed(e.get("normalize", True), bool, f"{f}: experiment.normalize", "true or false")),
         checkpoint_every=_positive_int(e.get("checkpoint_every", 0), f"{f}: experiment.checkpoint_every", allow_zero=True),
@@ -726,6 +754,52 @@ def _parse_strategy(shorthand: Any, table: Any, f: str, env: EnvSpec) -> tuple[s
     parsed = cls.Settings.from_table(settings, f"{f}: strategy", name)
     parsed.validate(f"{f}: strategy", env)
     return name, parsed.to_dict()
+
+
+def _constructor_default(algorithm: str, name: str) -> Any:
+    # The algorithm's own default, found down the MRO as check_hyperparameters does.
+    for klass in algorithm_class(algorithm).__mro__:
+        if "__init__" in vars(klass):
+            prm = inspect.signature(klass.__init__).parameters.get(name)
+            if prm is not None and prm.default is not prm.empty:
+                return prm.default
+    return None
+
+
+def check_minibatches(agent: AgentSpec, n_envs: int, f: str) -> None:
+    """Refuse minibatch settings that cannot work with the rollout.
+
+    One rollout holds ``n_steps * n_envs`` transitions, cut into minibatches of
+    ``batch_size``. A batch larger than the rollout silently shrinks to it; a minibatch of
+    one transition makes the per-minibatch advantage normalization 0/0 (NaN weights a few
+    updates in), whether ``batch_size`` is 1 or the rollout leaves a remainder of 1.
+
+    Raises:
+        SpecError: naming the file, ``hyperparameters.batch_size`` and the numbers.
+    """
+    hyper = agent.hyperparameters
+    n_steps = hyper.get("n_steps", _constructor_default(agent.algorithm, "n_steps"))
+    batch = hyper.get("batch_size", _constructor_default(agent.algorithm, "batch_size"))
+    if not isinstance(n_steps, int) or not isinstance(batch, int):
+        return
+    rollout = n_steps * n_envs
+    where = f"{f}: hyperparameters.batch_size"
+    if batch > rollout:
+        raise SpecError(
+            f"{where}: {batch} is larger than one rollout, n_steps x n_envs = {n_steps} x {n_envs} = {rollout}; "
+            f"expected at most {rollout}"
+        )
+    if hyper.get("normalize_advantage", True):
+        if batch < 2:
+            raise SpecError(
+                f"{where}: expected an integer >= 2, got {batch} (advantages are normalized per minibatch, "
+                f"and one transition has no spread: NaN)"
+            )
+        if rollout % batch == 1:
+            raise SpecError(
+                f"{where}: {batch} leaves a last minibatch of 1 transition (rollout {n_steps} x {n_envs} = {rollout}), "
+                f"whose normalized advantage is NaN; choose a batch_size that divides {rollout}"
+            )
 
 
 def _parse_target(table: Any, f: str, env: EnvSpec, folder: Path) -> TargetSpec | None:

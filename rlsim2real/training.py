@@ -28,7 +28,7 @@ from rlsim2real.distributions import Distribution
 from rlsim2real.factory import make_env
 from rlsim2real.io import atomic_write, write_json
 from rlsim2real.params import SpecError
-from rlsim2real.runs import Run
+from rlsim2real.runs import Run, RunLock, check_device, check_new_run_dir, check_resumable, check_writable, find_resumable
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
 from rlsim2real.strategies.feedback import StrategyFeedback
@@ -157,12 +157,10 @@ def _out_dir(spec: ExperimentSpec, out: str | os.PathLike | None, resume: bool) 
             if not (path / "config.json").is_file():
                 raise SpecError(f"{path}: cannot resume: not a run directory (no config.json)")
             return path
-        if path.exists() and any(path.iterdir()):
-            raise SpecError(f"{path}: output directory exists and is not empty; pass resume=True / --resume to continue it")
-        return path
+        return check_new_run_dir(path)
     base = Path("runs") / spec.name
     if resume:
-        return base
+        return find_resumable(Path("runs"), spec.name)
     path, i = base, 1
     while path.exists() and any(path.iterdir()):
         i += 1
@@ -209,20 +207,20 @@ def train(
     )
     if spec.timesteps < 1:
         raise SpecError(f"timesteps must be positive, got {spec.timesteps}")
+    check_device(spec.device, "device")
     run_dir = _out_dir(spec, out, resume)
-    limit_torch_threads()
-    checkpoint = None
-    if resume:
-        run = Run.open(run_dir)
-        ckpts = run.checkpoints()
-        if not ckpts:
-            raise SpecError(f"{run_dir}: cannot resume: no checkpoint yet")
-        checkpoint = ckpts[-1]
-    if str(spec.device).startswith("cuda"):
-        import torch
+    with RunLock(run_dir, "train"):
+        if resume:
+            checkpoint = check_resumable(run_dir, spec.to_dict()).checkpoints()[-1]
+        else:
+            checkpoint = None
+            check_new_run_dir(run_dir)
+        check_writable(run_dir)
+        return _train_locked(spec, run_dir, checkpoint, resume, evaluate, progress_bar, verbose)
 
-        if not torch.cuda.is_available():
-            raise SpecError(f"device {spec.device!r}: no CUDA device is available here; use --device auto or cpu")
+
+def _train_locked(spec, run_dir, checkpoint, resume, evaluate, progress_bar, verbose):
+    limit_torch_threads()
 
     strategy = make_strategy(spec.strategy, spec.env, spec.strategy_settings, spec.seed)
     if checkpoint is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,28 +102,41 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def load_trajectories(path: str | os.PathLike) -> Trajectories:
     """Load a file written by :meth:`Trajectories.save` (or any ``.npz`` with those arrays).
 
-    Required arrays: ``obs``, ``actions``, ``rewards``; ``lengths`` (one episode if absent);
-    optional ``qpos``, ``qvel``, ``params`` (JSON).
+    Required arrays: ``obs`` (T, *obs_shape), ``actions`` (T, ...), ``rewards`` (T,);
+    ``lengths`` (one episode if absent); optional ``qpos`` (T, nq), ``qvel`` (T, nv),
+    ``params`` (a JSON list of one ``{name: value}`` table per episode).
 
     Raises:
-        SpecError: naming the file, on a missing, corrupt, empty or non-finite file.
+        SpecError: in one line naming the file, on a missing, empty, truncated or corrupt
+            file, a ``.npy`` under a ``.npz`` name, metadata that is not JSON, arrays of the
+            wrong number of dimensions or type, or non-finite values.
     """
     path = Path(path)
     where = str(path)
     if not path.is_file():
         raise SpecError(f"{where}: no such trajectory file")
+    if path.stat().st_size == 0:
+        raise SpecError(f"{where}: empty file; expected a .npz trajectory file")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises many types on a file that is not what it seems
+        raise SpecError(f"{where}: not a readable .npz trajectory file ({_reason(exc)})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        kind = f"a single {data.shape} array (.npy)" if isinstance(data, np.ndarray) else type(data).__name__
+        raise SpecError(f"{where}: holds {kind}, not a .npz archive of named arrays (obs, actions, rewards)")
+    try:
+        with data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise SpecError(f"{where}: not a readable .npz trajectory file ({exc})") from None
+    except Exception as exc:  # a truncated member shows only when it is read
+        raise SpecError(f"{where}: not a readable .npz trajectory file, truncated or corrupt ({_reason(exc)})") from None
     missing = [k for k in ("obs", "actions", "rewards") if k not in arrays]
     if missing:
         raise SpecError(f"{where}: missing arrays {', '.join(missing)}; expected obs, actions, rewards[, lengths, qpos, qvel]")
+    _check_arrays(arrays, where)
     if len(arrays["obs"]) == 0:
         raise SpecError(f"{where}: the file holds no steps")
     lengths = arrays.get("lengths", np.array([len(arrays["obs"])]))
-    params = json.loads(str(arrays["params"])) if "params" in arrays else []
+    params = _load_params(arrays["params"], where) if "params" in arrays else []
     try:
         return Trajectories(
             obs=arrays["obs"], actions=arrays["actions"], rewards=arrays["rewards"].reshape(-1),
@@ -133,6 +145,54 @@ def load_trajectories(path: str | os.PathLike) -> Trajectories:
         )
     except SpecError as exc:
         raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+# name -> (lowest ndim, highest ndim, what to say)
+_SHAPES = {
+    "obs": (2, 4, "(T, *obs_shape)"),
+    "actions": (1, 2, "(T,) or (T, action_dim)"),
+    "rewards": (1, 2, "(T,) or (T, 1)"),
+    "lengths": (0, 1, "(n_episodes,)"),
+    "qpos": (2, 2, "(T, nq)"),
+    "qvel": (2, 2, "(T, nv)"),
+}
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
+    for name, (lo, hi, expected) in _SHAPES.items():
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        if arr.dtype.kind not in "biuf":
+            raise SpecError(f"{where}: '{name}' holds {arr.dtype} values; expected numbers")
+        if not lo <= arr.ndim <= hi:
+            raise SpecError(f"{where}: '{name}' has shape {arr.shape}; expected {expected}")
+    if arrays["rewards"].ndim == 2 and arrays["rewards"].shape[1] != 1:
+        raise SpecError(f"{where}: 'rewards' has shape {arrays['rewards'].shape}; expected (T,) or (T, 1)")
+    if "lengths" in arrays and arrays["lengths"].dtype.kind == "f":
+        lengths = arrays["lengths"]
+        if not np.all(np.isfinite(lengths)) or np.any(lengths != np.round(lengths)):
+            raise SpecError(f"{where}: 'lengths' holds non-integer values; expected whole step counts")
+
+
+def _load_params(raw: np.ndarray, where: str) -> list[dict[str, float]]:
+    if raw.dtype.kind not in "US" or raw.ndim != 0:
+        raise SpecError(f"{where}: 'params' is a {raw.dtype} array of shape {raw.shape}; expected one JSON string")
+    try:
+        params = json.loads(str(raw))
+    except ValueError as exc:
+        raise SpecError(f"{where}: 'params' is not valid JSON ({exc})") from None
+    if not isinstance(params, list) or not all(
+        isinstance(p, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values())
+        for p in params
+    ):
+        raise SpecError(f"{where}: 'params' must be a JSON list of {{name: number}} tables, one per episode")
+    return params
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 Policy = Callable[[np.ndarray], np.ndarray]
