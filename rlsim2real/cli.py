@@ -144,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rlsim2real: error: {exc.filename or 'output'}: cannot write: {exc.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from rlsim2real.training import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"rlsim2real: interrupted: {exc}", file=sys.stderr)
+            return exc.exit_status
         print("rlsim2real: interrupted", file=sys.stderr)
         return 130
 

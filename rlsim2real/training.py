@@ -9,10 +9,14 @@ the step count, normalization and distribution it had.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import CSVOutputFormat, Logger, configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
@@ -48,6 +52,13 @@ def limit_torch_threads() -> None:
 
 def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
     def build():
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            # A SubprocVecEnv worker: Ctrl-C in a terminal reaches the whole process group;
+            # the learner handles it (and saves a checkpoint through the workers), so the
+            # workers must not die of it first.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return Monitor(make_env(spec, seed=seed, distribution=distribution))
 
     return build
@@ -220,6 +231,22 @@ def train(
 
 
 def _train_locked(spec, run_dir, checkpoint, resume, evaluate, progress_bar, verbose):
+    from rlsim2real.wrappers.stability import LOG_ENV
+
+    # MuJoCo's warnings (from workers too: they inherit the environment) go to the run's
+    # logs, rate-limited, instead of stderr and MUJOCO_LOG.TXT in the working directory.
+    previous = os.environ.get(LOG_ENV)
+    os.environ[LOG_ENV] = str(run_dir / "logs" / "mujoco.log")
+    try:
+        return _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, verbose)
+    finally:
+        if previous is None:
+            os.environ.pop(LOG_ENV, None)
+        else:
+            os.environ[LOG_ENV] = previous
+
+
+def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, verbose):
     limit_torch_threads()
 
     strategy = make_strategy(spec.strategy, spec.env, spec.strategy_settings, spec.seed)
@@ -256,40 +283,61 @@ def _train_locked(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
 
     if targets is not None and getattr(model, "dann_enabled", False):
         model.set_target_provider(targets)
-    formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
-    model.set_logger(configure(str(run_dir / "logs"), formats))
-    feedback = StrategyFeedback(strategy, spec.env.success_return, run_dir / "logs" / "episodes.csv")
-    callbacks: list[BaseCallback] = [feedback]
+    logs = run_dir / "logs"
+    resumed_at = int(model.num_timesteps) if checkpoint is not None else None
+    model.set_logger(_run_logger(logs, verbose, resumed_at))
+    if resumed_at is not None:
+        _truncate_episode_log(logs / "episodes.csv", resumed_at)
+    feedback = StrategyFeedback(strategy, spec.env.success_return, logs / "episodes.csv")
+    feedback.count_logged()
+    interrupts = InterruptCheckpoint(run_dir, strategy)
+    callbacks: list[BaseCallback] = [feedback, interrupts]
     if spec.checkpoint_every:
         callbacks.append(RunCheckpoint(run_dir, spec.checkpoint_every, strategy))
     remaining = spec.timesteps - model.num_timesteps
     start = time.time()
     if progress_bar is None:
         progress_bar = sys.stderr.isatty()
+    verb = "resuming" if resumed_at is not None else "training"
+    print(
+        f"rlsim2real: {verb} {spec.name} ({spec.strategy} DR, {spec.agent.algorithm}) in {run_dir}: "
+        f"{int(model.num_timesteps):,} -> {spec.timesteps:,} steps, {spec.n_envs} envs, device {model.device}",
+        file=sys.stderr, flush=True,
+    )
     try:
-        if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
-                callback=CallbackList(callbacks),
-                reset_num_timesteps=checkpoint is None,
-                progress_bar=progress_bar,
-            )
+        with interrupts.catching():
+            if remaining > 0:
+                model.learn(
+                    total_timesteps=remaining,
+                    callback=CallbackList(callbacks),
+                    reset_num_timesteps=checkpoint is None,
+                    progress_bar=progress_bar,
+                )
+        if interrupts.signum is not None:
+            folder = interrupts.save(model)
+            status = _summary(feedback, model, start, "interrupted")
+            status.update(signal=signal.Signals(interrupts.signum).name, checkpoint=str(folder.relative_to(run_dir)))
+            write_json(run_dir / "run.json", status)
+            raise TrainingInterrupted(interrupts.signum, run_dir, int(model.num_timesteps), spec)
         save_artifacts(model, strategy, run_dir)
         strategy.save_figures(run_dir)
+    except (TrainingInterrupted, SpecError):
+        raise
+    except Exception as exc:
+        status = _summary(feedback, model, start, "failed")
+        status["error"] = f"{type(exc).__name__}: {exc}"
+        write_json(run_dir / "run.json", status)
+        raise SpecError(
+            f"{run_dir}: training failed at step {int(model.num_timesteps):,}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}; run.json marks the run failed, its checkpoints are kept"
+        ) from exc
     finally:
+        warnings_seen = _mujoco_warnings(venv)
         venv.close()
-    write_json(
-        run_dir / "run.json",
-        {
-            "status": "complete",
-            "timesteps": int(model.num_timesteps),
-            "wall_seconds": round(time.time() - start, 2),
-            "episodes": feedback.episodes,
-            "unstable_episodes": feedback.unstable,
-            "unstable_fraction": round(feedback.unstable / feedback.episodes, 4) if feedback.episodes else 0.0,
-            "strategy_updates": feedback.broadcasts,
-        },
-    )
+    status = _summary(feedback, model, start, "complete")
+    status["mujoco_warnings"] = warnings_seen
+    write_json(run_dir / "run.json", status)
+    _warn_instability(status)
     run = Run.open(run_dir)
     if spec.evaluate if evaluate is None else evaluate:
         from rlsim2real.evaluation import evaluate_transfer
@@ -297,6 +345,159 @@ def _train_locked(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
         report = evaluate_transfer(run, episodes=spec.eval_episodes, sets=spec.eval_sets, grid=spec.eval_grid)
         print(report.table())
     return run
+
+
+def _mujoco_warnings(venv: VecEnv) -> int:
+    try:
+        counts = dict(venv.env_method("mujoco_warning_count"))  # one entry per process
+    except Exception:  # a worker that died cannot report; the count is then unknown
+        return -1
+    return int(sum(counts.values()))
+
+
+def _summary(feedback: StrategyFeedback, model: Any, start: float, status: str) -> dict[str, Any]:
+    n = feedback.episodes
+    return {
+        "status": status,
+        "timesteps": int(model.num_timesteps),
+        "wall_seconds": round(time.time() - start, 2),
+        "episodes": n,
+        "unstable_episodes": feedback.unstable,
+        "unstable_fraction": round(feedback.unstable / n, 4) if n else 0.0,
+        "very_short_episodes": feedback.very_short,
+        "very_short_fraction": round(feedback.very_short / n, 4) if n else 0.0,
+        "strategy_updates": feedback.broadcasts,
+    }
+
+
+# Above these fractions of episodes, the end-of-training summary says loudly that the
+# physics, not the policy, decided the run.
+UNSTABLE_WARN = 0.05
+SHORT_WARN = 0.5
+
+
+def _warn_instability(status: dict[str, Any]) -> None:
+    lines = []
+    if status["unstable_fraction"] > UNSTABLE_WARN:
+        lines.append(
+            f"{status['unstable_episodes']:,} of {status['episodes']:,} episodes ({status['unstable_fraction']:.0%}) "
+            "were cut short by unstable physics (NaN or diverging state)"
+        )
+    if status["very_short_fraction"] > SHORT_WARN:
+        lines.append(
+            f"{status['very_short_episodes']:,} of {status['episodes']:,} episodes ({status['very_short_fraction']:.0%}) "
+            "lasted at most 2 steps"
+        )
+    for line in lines:
+        print(f"rlsim2real: WARNING: {line}; check the randomization ranges and the timestep "
+              "(see run.json and logs/episodes.csv)", file=sys.stderr, flush=True)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after saving a checkpoint at the current step."""
+
+    def __init__(self, signum: int, run_dir: Path, step: int, spec: ExperimentSpec) -> None:
+        self.signum, self.run_dir, self.step = signum, run_dir, step
+        where = spec.path if spec.path is not None else spec.name
+        self.resume_command = f"rlsim2real train {where} --out {run_dir} --resume"
+        super().__init__(
+            f"{signal.Signals(signum).name}: saved a checkpoint at step {step:,} in {run_dir}; "
+            f"resume with: {self.resume_command}"
+        )
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(self.signum)
+
+
+class InterruptCheckpoint(BaseCallback):
+    """Turns SIGINT/SIGTERM into a clean stop at the next env step, so the run can save a
+    checkpoint at the step it reached (a second SIGINT aborts at once)."""
+
+    def __init__(self, run_dir: Path, strategy: Strategy) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.strategy = strategy
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def catching(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.signum is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+            self.signum = signum
+            print(f"\nrlsim2real: {signal.Signals(signum).name} received; saving a checkpoint at the next step "
+                  "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _on_step(self) -> bool:
+        return self.signum is None
+
+    def save(self, model: Any) -> Path:
+        folder = self.run_dir / "checkpoints" / f"step_{int(model.num_timesteps):09d}"
+        save_artifacts(model, self.strategy, folder)
+        return folder
+
+
+def _run_logger(logs: Path, verbose: int, resumed_at: int | None) -> Logger:
+    """SB3's logger (CSV, TensorBoard, stdout when verbose); on resume the CSV keeps the
+    rows up to the checkpoint and appends, instead of starting over."""
+    formats = ["tensorboard"] + (["stdout"] if verbose else [])
+    logger = configure(str(logs), formats)
+    logger.output_formats.append(_ResumableCSV(logs / "progress.csv", resumed_at))
+    return logger
+
+
+class _ResumableCSV(CSVOutputFormat):
+    """SB3's CSV writer, opened on the rows a resumed run keeps (those up to its step)."""
+
+    def __init__(self, path: Path, keep_until: int | None) -> None:
+        rows, keys = [], []
+        if keep_until is not None and path.is_file():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                keys = list(reader.fieldnames or [])
+                rows = [r for r in reader if _step_of(r) <= keep_until]
+        super().__init__(str(path))
+        if keys:
+            writer = csv.DictWriter(self.file, keys, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            self.file.flush()
+            self.keys = keys
+
+
+def _step_of(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("time/total_timesteps") or row.get("timesteps") or 0)
+    except ValueError:
+        return 0.0
+
+
+def _truncate_episode_log(path: Path, keep_until: int) -> None:
+    """Drop the episodes a killed run logged after its checkpoint: the resumed run reruns them."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    if not lines:
+        return
+    header, body = lines[0], lines[1:]
+    kept = [line for line in body if _step_of({"timesteps": line.split(",", 1)[0]}) <= keep_until]
+    if len(kept) != len(body):
+        atomic_write(path, lambda p: p.write_text(header + "".join(kept)))
 
 
 def _build_model(spec: ExperimentSpec, venv: VecEnv, checkpoint: Path | None, verbose: int) -> Any:

@@ -42,12 +42,24 @@ class StrategyFeedback(BaseCallback):
         self.episodes = 0
         self.unstable = 0
         self.truncated = 0
+        self.very_short = 0
         self.updates = 0
         self.broadcasts = 0
         self._rollout: list[EpisodeRecord] = []
         self._file: Any = None
         self._writer: Any = None
         self.names: tuple[str, ...] = ()
+
+    def count_logged(self) -> None:
+        """Start the counts from the episodes already in ``episodes_csv`` (a resumed run
+        reports totals over the whole run)."""
+        if self.episodes_csv is None or not self.episodes_csv.is_file():
+            return
+        with open(self.episodes_csv, newline="") as fh:
+            for row in csv.DictReader(fh):
+                self.episodes += 1
+                self.unstable += row.get("unstable") == "1"
+                self.very_short += int(row.get("length") or 0) <= 2
 
     def _on_training_start(self) -> None:
         self.names = tuple(self.training_env.get_attr("param_names")[0])
@@ -74,6 +86,7 @@ class StrategyFeedback(BaseCallback):
             self.episodes += 1
             self.unstable += unstable
             self.truncated += truncated
+            self.very_short += record.length <= 2
             if self.episodes_csv is not None:
                 self._write(record)
         return True

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, SupportsFloat
-
 import math
+import os
+import sys
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import mujoco
@@ -17,6 +18,53 @@ _BAD_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADCTRL,
 )
 _BAD_INDEX = np.array([int(w) for w in _BAD_WARNINGS], dtype=np.intp)
+
+# Where this process's MuJoCo warnings go: a file named by this variable (``train`` points it
+# into the run directory), else standard error; either way rate-limited.
+LOG_ENV = "RLSIM2REAL_MUJOCO_LOG"
+_PRINTED_IN_FULL = 20
+_warnings = {"count": 0, "installed": False}
+
+
+def _on_mujoco_warning(message: str) -> None:
+    # MuJoCo's own handler prints every warning and appends it to MUJOCO_LOG.TXT in the
+    # working directory: thousands of lines when a randomized model is unstable. Count them
+    # all; write the first few, then every power of ten.
+    _warnings["count"] += 1
+    k = _warnings["count"]
+    path = os.environ.get(LOG_ENV)
+    in_full = _PRINTED_IN_FULL if path else 3
+    if k > in_full and not _is_power_of_ten(k):
+        return
+    line = f"MuJoCo warning #{k} (pid {os.getpid()}): {message.strip()}"
+    if k == in_full:
+        line += " [further warnings are counted; only #10, #100, #1000, ... are written]"
+    if path:
+        try:
+            with open(path, "a") as fh:
+                fh.write(line + "\n")
+            return
+        except OSError:
+            pass
+    print(f"rlsim2real: {line}", file=sys.stderr, flush=True)
+
+
+def _is_power_of_ten(k: int) -> bool:
+    while k % 10 == 0:
+        k //= 10
+    return k == 1
+
+
+def install_warning_handler() -> None:
+    """Route this process's MuJoCo warnings through :func:`_on_mujoco_warning` (once)."""
+    if not _warnings["installed"]:
+        mujoco.set_mju_user_warning(_on_mujoco_warning)
+        _warnings["installed"] = True
+
+
+def mujoco_warning_count() -> tuple[int, int]:
+    """``(pid, warnings counted in this process)``."""
+    return os.getpid(), _warnings["count"]
 
 
 class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -45,12 +93,17 @@ class PhysicsGuard(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         gym.utils.RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
+        install_warning_handler()
         # The wrapper chain below never changes, so neither does the MuJoCo env at its end;
         # its ``data`` may (an env may rebuild it), so that is looked up at every reset.
         self._mujoco_env = env.unwrapped
         self._bind(self._mujoco_env.data)
         self._last_obs: Any = None
         self._counts = self._warning_counts()
+
+    def mujoco_warning_count(self) -> tuple[int, int]:
+        """``(pid, MuJoCo warnings counted in this env's process)``."""
+        return mujoco_warning_count()
 
     def _bind(self, data: mujoco.MjData) -> None:
         self._data = data
