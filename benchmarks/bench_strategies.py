@@ -84,12 +84,13 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
             suc = mean_std([r["sets"][name]["success_rate"] for r in mine])
             table[s][name] = {"mean_return": ret[0], "std_return": ret[1], "success_rate": suc[0], "std_success": suc[1]}
     command = " ".join(["python benchmarks/bench_strategies.py", f"--env {args.env}", "--seeds", *map(str, args.seeds),
-                        f"--timesteps {args.timesteps}", f"--episodes {args.episodes}", f"--workers {args.workers}"])
+                        f"--timesteps {args.timesteps}", f"--episodes {args.episodes}", f"--workers {args.workers}",
+                        *([f"--only {args.only}"] if args.only else []), *([f"--name {args.name}"] if args.name else [])])
     data = {"command": command, "env": args.env, "experiments": pair, "seeds": args.seeds, "timesteps": args.timesteps,
             "episodes_per_set": args.episodes, "machine": m, "wall_seconds": round(seconds, 1), "summary": table,
             "training_box": box, "runs": runs}
     lines = [
-        f"# Uniform vs automatic DR on `{args.env}`",
+        f"# {' vs '.join(strategies).capitalize()} DR on `{args.env}`",
         "",
         f"Command: `{command}`",
         "",
@@ -132,11 +133,13 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
+    parser.add_argument("--only", choices=["uniform", "automatic"], help="run one strategy only")
+    parser.add_argument("--name", help="results file stem (default strategies_<env>)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     import rlsim2real as rs
 
-    pair = PAIRS[args.env]
+    pair = {k: v for k, v in PAIRS[args.env].items() if args.only in (None, k)}
     spec = rs.load_env_spec(args.env)
     box = {"params": {p.name: f"[{p.low:g}, {p.high:g}]" for p in spec.params},
            "sets": {n: ", ".join(f"{k}={v:g}" for k, v in values.items()) for n, values in spec.real_sets.items()}}
@@ -148,8 +151,9 @@ def main() -> None:
     data, md = report(args, runs, pair, box, machine(), time.time() - start)
     print(md)
     if not args.no_write:
-        write_json(ROOT / "benchmarks" / "results" / f"strategies_{args.env}.json", data)
-        write_text(ROOT / "benchmarks" / "results" / f"strategies_{args.env}.md", md)
+        stem = args.name or f"strategies_{args.env}"
+        write_json(ROOT / "benchmarks" / "results" / f"{stem}.json", data)
+        write_text(ROOT / "benchmarks" / "results" / f"{stem}.md", md)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ _LAZY = {
     "Run": "rlsim2real.training",
     "evaluate_transfer": "rlsim2real.evaluation",
     "TransferReport": "rlsim2real.evaluation",
-    "collect_trajectories": "rlsim2real.trajectories",
+    "collect_trajectories": "rlsim2real.episodes",
     "load_trajectories": "rlsim2real.trajectories",
     "Trajectories": "rlsim2real.trajectories",
 }

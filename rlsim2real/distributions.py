@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -218,6 +218,54 @@ class Fixed(Distribution):
         return f"Fixed({self.values!r})"
 
 
+class AdrDistribution(BoxDistribution):
+    """A box with boundary sampling: with probability ``boundary_prob`` one adapted dimension,
+    chosen uniformly, sits at its lower or upper bound; the tag says which.
+
+    Tags are ``(adapted index, side, value)`` with side 0 (lower) or 1 (upper), or ``None``.
+
+    Args:
+        space: The parameters with their current ranges.
+        adapted: Positions (in ``space``) of the adapted dimensions.
+        boundary_prob: Probability of a boundary episode.
+    """
+
+    def __init__(self, space: ParamSpace, adapted: Sequence[int], boundary_prob: float) -> None:
+        super().__init__(space)
+        self.adapted = np.asarray(adapted, dtype=np.intp)
+        self.boundary_prob = float(boundary_prob)
+        self._low, self._high = space.low, space.high
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"space": self.space, "adapted": self.adapted.tolist(), "boundary_prob": self.boundary_prob}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["space"], state["adapted"], state["boundary_prob"])
+
+    def sample_tagged(self, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+        x = self.sample(rng)
+        if self.adapted.size and rng.random() < self.boundary_prob:
+            j = int(rng.integers(self.adapted.size))
+            side = int(rng.integers(2))
+            i = self.adapted[j]
+            value = float(self._low[i] if side == 0 else self._high[i])
+            x[i] = value
+            return x, (j, side, value)
+        return x, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"type": "adr", "params": self.space.to_list(), "adapted": self.adapted.tolist(),
+                "boundary_prob": self.boundary_prob}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "AdrDistribution":
+        return cls(ParamSpace(param_from_dict(d) for d in state["params"]), state["adapted"], state["boundary_prob"])
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, AdrDistribution) and self.space == other.space
+                and self.adapted.tolist() == other.adapted.tolist() and self.boundary_prob == other.boundary_prob)
+
+
 def param_from_dict(d: Mapping[str, Any]) -> Param:
     """A :class:`Param` from :meth:`ParamSpace.to_list` output."""
     return Param(
@@ -234,8 +282,6 @@ def distribution_from_state(state: Mapping[str, Any]) -> Distribution:
     if kind == "fixed":
         return Fixed(state["values"])
     if kind == "adr":
-        from rlsim2real.strategies.automatic import AdrDistribution
-
         return AdrDistribution.from_state(state)
     raise ValueError(f"unknown distribution state type {kind!r}; expected 'box', 'fixed' or 'adr'")
 

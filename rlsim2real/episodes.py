@@ -470,3 +470,39 @@ class _Lockstep:
                         self.start(i)
             active = [i for i in active if self.slot_job[i] >= 0]
         return self.results  # type: ignore[return-value]
+
+
+def collect_trajectories(
+    env: gym.Env,
+    policy: Any = None,
+    episodes: int = 1,
+    seed: int | None = None,
+    deterministic: bool = True,
+    max_steps: int | None = None,
+) -> Trajectories:
+    """Roll out ``episodes`` episodes and record them as arrays.
+
+    The episodes run through :class:`~rlsim2real.episodes.EpisodeRunner` on ``env`` as it
+    is: a pinned env stays pinned, a randomizing one samples per episode.
+
+    Args:
+        env: Any Gymnasium env; ``qpos``/``qvel`` are recorded when ``env.unwrapped`` is a
+            MuJoCo env.
+        policy: ``None`` for uniform random actions; an SB3 model or
+            :class:`~rlsim2real.evaluation.RunPolicy` (anything with
+            ``predict(obs, state, episode_start, deterministic)``); or a callable
+            ``obs -> action``.
+        episodes: How many episodes.
+        seed: Seeds the resets (episode i uses ``seed + i``) and the random actions.
+        deterministic: Passed to ``predict``.
+        max_steps: Cut each episode after this many steps.
+
+    Returns:
+        The episodes.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    # The env runs as its owner configured it (pinned, randomized or plain), and stays open.
+    runner = EpisodeRunner.from_envs([env])
+    results = runner.run(policy, seeded_jobs(AS_IS, episodes, seed), deterministic, RECORDABLE, max_steps)
+    return to_trajectories(results)

@@ -443,7 +443,7 @@ def _evaluate_folder(
     device: str,
     progress: bool | None,
 ) -> TransferReport:
-    from rlsim2real.training import limit_torch_threads
+    from rlsim2real.agents.threads import limit_torch_threads
 
     spec = run.env_spec
     limit_torch_threads()

@@ -8,17 +8,17 @@ applied to every element the target selects, in one of three modes relative to t
 value the element had when the wrapper was built: ``scale`` (x nominal), ``add``
 (+ nominal) or ``abs`` (the value itself).
 
+Sampling is not here: :class:`~rlsim2real.distributions.BoxDistribution` is the one sampler.
+
 Example:
-    >>> import numpy as np
     >>> space = ParamSpace([
     ...     Param("torso_mass", "body_mass[torso]", (0.7, 1.3)),
     ...     Param("friction", "geom_friction[*,0]", (0.5, 1.5), dist="loguniform"),
     ... ])
     >>> space.names
     ('torso_mass', 'friction')
-    >>> v = space.sample(np.random.default_rng(0))
-    >>> v.shape, bool(np.all((v >= space.low) & (v <= space.high)))
-    ((2,), True)
+    >>> space.low.tolist(), space.high.tolist()
+    ([0.7, 0.5], [1.3, 1.5])
     >>> space.to_dict(space.from_normalized([0.5, 0.0]))
     {'torso_mass': 1.0, 'friction': 0.5}
 """
@@ -184,12 +184,6 @@ class Param:
         """The limits if set, else the range: where any value of this term may lie."""
         return self.limits if self.limits is not None else self.range
 
-    def sample(self, rng: np.random.Generator) -> float:
-        """Draw one value from this Param's distribution with ``rng`` (the box sampler's way)."""
-        from rlsim2real.distributions import BoxDistribution
-
-        return float(BoxDistribution(ParamSpace([self])).sample(rng)[0])
-
     def with_range(self, low: float, high: float) -> "Param":
         """A copy with another range, limits kept (used by strategies that move the bounds)."""
         return Param(self.name, self.target, (low, high), self.mode, self.dist, self.mean, self.std, self.limits)
@@ -292,12 +286,6 @@ class ParamSpace:
     def select(self, kind: str) -> "ParamSpace":
         """The Params whose target kind is ``"model"``, ``"obs"`` or ``"action"``."""
         return ParamSpace(p for p in self._params if p.parsed.kind == kind)
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One sample of every Param, shape (n_params,) (the box sampler's draw)."""
-        from rlsim2real.distributions import BoxDistribution
-
-        return BoxDistribution(self).sample(rng)
 
     def to_dict(self, vector: Sequence[float] | np.ndarray) -> dict[str, float]:
         """Vector of shape (n_params,) -> ``{name: value}``."""

@@ -28,6 +28,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger, configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
+from rlsim2real.agents.threads import limit_torch_threads
 from rlsim2real.distributions import Distribution
 from rlsim2real.factory import make_env
 from rlsim2real.io import atomic_write, write_json
@@ -37,17 +38,6 @@ from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_expe
 from rlsim2real.strategies import Strategy, make_strategy
 from rlsim2real.strategies.feedback import StrategyFeedback
 from rlsim2real.targets import TargetSource
-
-
-def limit_torch_threads() -> None:
-    """Use one torch thread on CPU unless ``RLSIM2REAL_TORCH_THREADS`` says otherwise.
-
-    The policies here are small: extra intra-op threads buy little and, on a machine whose
-    cores also step the envs, spin against them (a 10x slowdown was seen on 2 busy cores).
-    """
-    import torch
-
-    torch.set_num_threads(max(1, int(os.environ.get("RLSIM2REAL_TORCH_THREADS", "1"))))
 
 
 def _worker(spec: EnvSpec, seed: int, distribution: Distribution):

@@ -1,7 +1,8 @@
 """Rollouts as plain arrays (obs, actions, rewards, qpos, qvel) with ``.npz`` I/O.
 
 Trajectories are arrays in a file, not simulator objects, so logs from a real robot load
-the same way (``qpos``/``qvel`` may be absent there).
+the same way (``qpos``/``qvel`` may be absent there). They are recorded by
+:func:`rlsim2real.collect_trajectories` (in :mod:`rlsim2real.episodes`).
 
 Example:
     >>> import rlsim2real as rs
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from rlsim2real.io import atomic_write
@@ -195,43 +194,3 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-Policy = Callable[[np.ndarray], np.ndarray]
-
-
-def collect_trajectories(
-    env: gym.Env,
-    policy: Any = None,
-    episodes: int = 1,
-    seed: int | None = None,
-    deterministic: bool = True,
-    max_steps: int | None = None,
-) -> Trajectories:
-    """Roll out ``episodes`` episodes and record them as arrays.
-
-    The episodes run through :class:`~rlsim2real.episodes.EpisodeRunner` on ``env`` as it
-    is: a pinned env stays pinned, a randomizing one samples per episode.
-
-    Args:
-        env: Any Gymnasium env; ``qpos``/``qvel`` are recorded when ``env.unwrapped`` is a
-            MuJoCo env.
-        policy: ``None`` for uniform random actions; an SB3 model or
-            :class:`~rlsim2real.evaluation.RunPolicy` (anything with
-            ``predict(obs, state, episode_start, deterministic)``); or a callable
-            ``obs -> action``.
-        episodes: How many episodes.
-        seed: Seeds the resets (episode i uses ``seed + i``) and the random actions.
-        deterministic: Passed to ``predict``.
-        max_steps: Cut each episode after this many steps.
-
-    Returns:
-        The episodes.
-    """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    # episodes.py builds on this module (Trajectories), so it is imported here.
-    from rlsim2real.episodes import AS_IS, RECORDABLE, EpisodeRunner, seeded_jobs, to_trajectories
-
-    # The env runs as its owner configured it (pinned, randomized or plain), and stays open.
-    runner = EpisodeRunner.from_envs([env])
-    results = runner.run(policy, seeded_jobs(AS_IS, episodes, seed), deterministic, RECORDABLE, max_steps)
-    return to_trajectories(results)

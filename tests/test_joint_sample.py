@@ -8,7 +8,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import rlsim2real as rs
 from rlsim2real import BoxDistribution, Param, ParamSpace
-from rlsim2real.strategies import AdrDistribution
+from rlsim2real.distributions import AdrDistribution
 from rlsim2real.wrappers import ActionDelay, DynamicsRandomization, ObservationNoise
 from rlsim2real.wrappers.randomizer import SALT
 

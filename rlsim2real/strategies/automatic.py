@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rlsim2real.distributions import BoxDistribution, marginal_entropy, param_from_dict
+from rlsim2real.distributions import AdrDistribution, marginal_entropy
 from rlsim2real.params import Param, ParamSpace, SpecError
 from rlsim2real.strategies.base import EpisodeRecord, Strategy, StrategySettings
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 PERFORMANCE = ("success", "return")
 INITIAL = ("nominal", "range")
 DELTA_MODES = ("additive", "multiplicative")
-LOWER, UPPER = 0, 1
+LOWER, UPPER = 0, 1  # the sides of a range, as in AdrDistribution's tags
 
 
 @dataclass(frozen=True)
@@ -146,54 +146,6 @@ def initial_range(settings: AutomaticSettings, env: "EnvSpec", p: Param) -> tupl
         return p.range
     nominal = env.nominal.get(p.name, p.identity if p.identity is not None else 0.5 * (p.low + p.high))
     return float(nominal), float(nominal)
-
-
-class AdrDistribution(BoxDistribution):
-    """A box with boundary sampling: with probability ``boundary_prob`` one adapted dimension,
-    chosen uniformly, sits at its lower or upper bound; the tag says which.
-
-    Tags are ``(adapted index, side, value)`` with side 0 (lower) or 1 (upper), or ``None``.
-
-    Args:
-        space: The parameters with their current ranges.
-        adapted: Positions (in ``space``) of the adapted dimensions.
-        boundary_prob: Probability of a boundary episode.
-    """
-
-    def __init__(self, space: ParamSpace, adapted: Sequence[int], boundary_prob: float) -> None:
-        super().__init__(space)
-        self.adapted = np.asarray(adapted, dtype=np.intp)
-        self.boundary_prob = float(boundary_prob)
-        self._low, self._high = space.low, space.high
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"space": self.space, "adapted": self.adapted.tolist(), "boundary_prob": self.boundary_prob}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["space"], state["adapted"], state["boundary_prob"])
-
-    def sample_tagged(self, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
-        x = self.sample(rng)
-        if self.adapted.size and rng.random() < self.boundary_prob:
-            j = int(rng.integers(self.adapted.size))
-            side = int(rng.integers(2))
-            i = self.adapted[j]
-            value = float(self._low[i] if side == LOWER else self._high[i])
-            x[i] = value
-            return x, (j, side, value)
-        return x, None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"type": "adr", "params": self.space.to_list(), "adapted": self.adapted.tolist(),
-                "boundary_prob": self.boundary_prob}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "AdrDistribution":
-        return cls(ParamSpace(param_from_dict(d) for d in state["params"]), state["adapted"], state["boundary_prob"])
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, AdrDistribution) and self.space == other.space
-                and self.adapted.tolist() == other.adapted.tolist() and self.boundary_prob == other.boundary_prob)
 
 
 class AutomaticStrategy(Strategy):
