@@ -316,7 +316,8 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
     except Exception as exc:
         status = _summary(feedback, model, start, "failed")
         status["error"] = f"{type(exc).__name__}: {exc}"
-        write_json(run_dir / "run.json", status)
+        with contextlib.suppress(OSError):  # a full or read-only disk may refuse this too
+            write_json(run_dir / "run.json", status)
         raise SpecError(
             f"{run_dir}: training failed at step {int(model.num_timesteps):,}: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}; run.json marks the run failed, its checkpoints are kept"
