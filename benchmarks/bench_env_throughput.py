@@ -38,6 +38,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 import rlsim2real as rs  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 
 # Held-out sensor terms, moved off nominal so their layers work on every step.
@@ -93,16 +94,6 @@ def check_stack_is_active(env: gym.Env) -> dict[str, float]:
     if idle:
         raise SystemExit(f"benchmark misconfigured: parameters at nominal: {idle}")
     return params
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def before_section(result: dict) -> str:
