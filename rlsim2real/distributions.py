@@ -116,6 +116,10 @@ class BoxDistribution(Distribution):
         # Points (low == high) and normals start from the range's low end / are filled in.
         self._base = low.copy()
         self._normals = [(i, p) for i, p in enumerate(params) if p.dist == "normal" and p.low < p.high]
+        # The common case: every dimension uniform or loguniform with a width; then a sample
+        # is built in place from one generator call.
+        self._all_flat = self._flat_at.size == len(params) and len(params) > 0
+        self._log_at = np.flatnonzero(self._log)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"space": self.space}  # small on the wire to every worker; rebuilt there
@@ -128,6 +132,13 @@ class BoxDistribution(Distribution):
         return self._names
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
+        if self._all_flat:
+            x = rng.random(self._flat_at.size)
+            x *= self._width
+            x += self._lo
+            if self._any_log:
+                x[self._log_at] = np.exp(x[self._log_at])
+            return x
         out = self._base.copy()
         if self._flat_at.size:
             x = self._lo + self._width * rng.random(self._flat_at.size)

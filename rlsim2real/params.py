@@ -238,6 +238,7 @@ class ParamSpace:
         if dupes:
             raise SpecError(f"duplicate parameter names: {', '.join(dupes)}")
         self._index = {p.name: i for i, p in enumerate(self._params)}
+        self._names = tuple(names)
 
     def __iter__(self) -> Iterator[Param]:
         return iter(self._params)
@@ -262,7 +263,7 @@ class ParamSpace:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self._params)
+        return self._names
 
     @property
     def low(self) -> np.ndarray:

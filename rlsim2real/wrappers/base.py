@@ -189,8 +189,14 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # A layer with nothing to do per step (dynamics already written, zero delay, no
         # sensor corruption) hands its work straight to the env inside: the instance
         # attribute shadows the method, so a passive inner layer costs no Python frame on
-        # the hot path. Decided again after every sample.
-        work = self._fast_step if self._steps_work() else self.env.step
+        # the hot path. Decided again after every sample (layers route inside out, so an
+        # outer layer binds the step its inner layer has just chosen).
+        works = self._steps_work()
+        route = (works, self._randomizer.driver is self, self.env.step)
+        if route == self.__dict__.get("_route"):
+            return  # nothing changed since the last sample
+        self._route = route
+        work = self._fast_step if works else self.env.step
         if self._randomizer.driver is self:
             self._step_work = work
             self.__dict__.pop("step", None)

@@ -58,7 +58,7 @@ class Randomizer:
 
     def __init__(self, seed: int | None = None) -> None:
         self.space = ParamSpace()
-        self.layers: list[tuple["RandomizationWrapper", np.ndarray]] = []
+        self.layers: list[tuple["RandomizationWrapper", slice]] = []
         self.driver: "RandomizationWrapper | None" = None
         self.resample_every: int | None = None
         self.pending_seed = seed
@@ -86,7 +86,8 @@ class Randomizer:
             raise SpecError(f"{type(layer).__name__}: parameters {', '.join(clash)} already belong to another layer")
         start = len(self.space)
         self.space = ParamSpace([*self.space, *layer.space])
-        self.layers.append((layer, np.arange(start, len(self.space), dtype=np.intp)))
+        # A layer's parameters are a contiguous block of the joint vector: its slice is a view.
+        self.layers.append((layer, slice(start, len(self.space))))
         for name in layer.space.names:
             self._owner[name] = layer
         if distribution is not None:
