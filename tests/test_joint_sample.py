@@ -140,3 +140,22 @@ def test_sample_batch_matches_the_box_and_its_shape():
     # Without truncated normals, a batch is the same stream as one sample after another.
     one_by_one = np.stack([DIST.sample(r) for r in [np.random.default_rng(3)] for _ in range(5)])
     assert np.array_equal(DIST.sample_batch(np.random.default_rng(3), 5), one_by_one)
+
+
+def test_resampling_within_an_episode_redraws_the_vector_and_keeps_actions_in_flight():
+    import dataclasses
+
+    spec = dataclasses.replace(SPEC, resample_every=5)
+    env = rs.make_env(spec, seed=0, distribution=joint_box(("pole_mass", 0.5, 2.0), ("action_delay", 1, 1)))
+    _, info = env.reset(seed=0)
+    masses = [info["dr_params"]["pole_mass"]]
+    ctrl = []
+    for k in range(12):
+        _, _, terminated, truncated, info = env.step(np.array([0.01 * (k + 1)], dtype=np.float32))
+        ctrl.append(float(env.unwrapped.data.ctrl[0]))
+        if "dr_params" in info:
+            masses.append(info["dr_params"]["pole_mass"])
+        assert not (terminated or truncated)
+    assert len(masses) == 3 and len(set(masses)) == 3  # redrawn at steps 5 and 10
+    # One step of delay throughout: each step applies the previous action, across resamples.
+    assert ctrl == pytest.approx([0.0] + [0.01 * (k + 1) for k in range(11)])

@@ -238,6 +238,8 @@ def test_cli_tiny_adr_run_writes_ranges_to_progress_and_ranges_png(tmp_path):
     # episodes.csv names each episode's boundary tag and its values.
     episodes = list(csv.DictReader(open(out / "logs" / "episodes.csv")))
     assert episodes and all(e["tag"] for e in episodes)  # boundary_prob = 1
+    # The experiment's training horizon (max_episode_steps = 20) cut the training episodes.
+    assert max(int(e["length"]) for e in episodes) == 20
 
 
 def test_kill_and_resume_restores_strategy_and_continues_the_parameter_stream(tmp_path):

@@ -149,6 +149,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         randomizer = self._randomizer
         if randomizer.driver is not self:  # an inner layer: the outermost one has drawn
             obs, info = self.env.reset(seed=seed, options=options)
+            self._start_episode()
             return self._observe(obs), info
         if randomizer.restored:  # continue a restored stream (see load_sampler_state)
             seed, randomizer.restored = None, False
@@ -161,6 +162,7 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._episode = randomizer.sample()
         self._steps = 0
         obs, info = self.env.reset(seed=seed, options=options)
+        self._start_episode()
         info["dr_params"] = randomizer.params()
         return self._observe(obs), info
 
@@ -227,6 +229,9 @@ class RandomizationWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _steps_work(self) -> bool:
         """Whether :meth:`_act` or :meth:`_observe` must run on every step now."""
         return True
+
+    def _start_episode(self) -> None:
+        """Clear per-episode state (queued actions); the values were applied just before."""
 
     def _seed_streams(self, seed: int | None) -> None:
         """Re-seed this layer's own random streams (sensor noise), if it has any."""

@@ -319,8 +319,17 @@ class ActionDelay(RandomizationWrapper):
         delay = self._nominal_delay
         if self._delay_param is not None:  # at most one: this layer's own parameter
             delay = int(round(apply_mode(self._delay_param.mode, float(self._nominal_delay), float(values[0]))))
+        queue = self._queue
+        # Mid-episode (``resample_every``): keep the actions in flight; a longer delay holds
+        # the next ones back with neutral actions, a shorter one drops the oldest.
+        while len(queue) < delay:
+            queue.appendleft(self._neutral.copy())
+        while len(queue) > delay:
+            queue.popleft()
         self.delay = delay
-        self._queue = deque([self._neutral.copy() for _ in range(delay)])
+
+    def _start_episode(self) -> None:
+        self._queue = deque([self._neutral.copy() for _ in range(self.delay)])
 
     def _steps_work(self) -> bool:
         return self.delay > 0
