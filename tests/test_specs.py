@@ -211,3 +211,16 @@ def test_experiment_reports_an_error_inside_its_env_spec_by_that_file(tmp_path):
     with pytest.raises(SpecError, match="unknown body name 'torsoo'") as info:
         load_experiment_spec(write(tmp_path, "exp.toml", EXPERIMENT_SPEC))
     assert str(env) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_builtin_experiment_loads_with_its_strategy(path):
+    spec = rs.load_experiment_spec(path)
+    from rlsim2real.strategies import make_strategy
+
+    strategy = make_strategy(spec.strategy, spec.env, spec.strategy_settings, spec.seed)
+    assert strategy.name == spec.strategy
+    env = rs.make_env(spec.train_env, seed=0)
+    env.get_wrapper_attr("set_distribution")(strategy.distribution)  # workers accept it
+    _, info = env.reset()
+    assert set(info["dr_params"]) == set(spec.env.all_params.names)
