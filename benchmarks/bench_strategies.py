@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
     parser.add_argument("--only", choices=["uniform", "automatic"], help="run one strategy only")
     parser.add_argument("--name", help="results file stem (default strategies_<env>)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs of the existing results file (same experiments and budget) and run only new seeds")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     import rlsim2real as rs
@@ -143,15 +145,26 @@ def main() -> None:
     spec = rs.load_env_spec(args.env)
     box = {"params": {p.name: f"[{p.low:g}, {p.high:g}]" for p in spec.params},
            "sets": {n: ", ".join(f"{k}={v:g}" for k, v in values.items()) for n, values in spec.real_sets.items()}}
+    stem = args.name or f"strategies_{args.env}"
+    earlier: list[dict] = []
+    previous = ROOT / "benchmarks" / "results" / f"{stem}.json"
+    if args.append and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old["experiments"] != pair or old["timesteps"] != args.timesteps or old["episodes_per_set"] != args.episodes:
+            raise SystemExit(f"{previous}: made with other experiments or budget; cannot append")
+        earlier = [r for r in old["runs"] if r["seed"] in args.seeds]
+        args.wall_before = old.get("wall_seconds", 0.0)
+    done = {(r["strategy"], r["seed"]) for r in earlier}
     start = time.time()
-    jobs = [(s, e, seed) for seed in args.seeds for s, e in pair.items()]
+    jobs = [(s, e, seed) for seed in args.seeds for s, e in pair.items() if (s, seed) not in done]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.workers) as pool:
         futures = [pool.submit(run_one, s, e, seed, args.timesteps, args.episodes, Path(tmp)) for s, e, seed in jobs]
-        runs = [f.result() for f in futures]
-    data, md = report(args, runs, pair, box, machine(), time.time() - start)
+        runs = earlier + [f.result() for f in futures]
+    runs.sort(key=lambda r: (r["seed"], list(pair).index(r["strategy"])))
+    seconds = time.time() - start + getattr(args, "wall_before", 0.0)
+    data, md = report(args, runs, pair, box, machine(), seconds)
     print(md)
     if not args.no_write:
-        stem = args.name or f"strategies_{args.env}"
         write_json(ROOT / "benchmarks" / "results" / f"{stem}.json", data)
         write_text(ROOT / "benchmarks" / "results" / f"{stem}.md", md)
 
