@@ -15,17 +15,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import rlsim2real as rs
-from rlsim2real.io import write_json, write_text
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import rlsim2real as rs  # noqa: E402
+from benchmarks.machine import describe, machine  # noqa: E402
+from rlsim2real.io import write_json, write_text  # noqa: E402
+
 VARIANTS = {"udr": ROOT / "experiments/quickstart.toml", "udr_dann": ROOT / "experiments/inverted_pendulum_dann.toml"}
 SETS = ["nominal", "sensor_shift"]
 
@@ -62,7 +64,7 @@ def main() -> None:
     }
     data = {
         "command": "python benchmarks/bench_dann_transfer.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, 2 cores, no GPU",
+        "machine": machine(),
         "env": "inverted_pendulum",
         "timesteps": args.timesteps,
         "seeds": args.seeds,
@@ -77,7 +79,9 @@ def main() -> None:
         "# UDR vs UDR + DANN on a sensor shift (InvertedPendulum-v5)",
         "",
         f"Command: `{data['command']}`; {args.timesteps} steps per run, seeds {args.seeds}, "
-        f"{args.episodes} deterministic episodes per set. Machine: {data['machine']}.",
+        f"{args.episodes} deterministic episodes per set (each value: one run's mean over them).",
+        "",
+        describe(data["machine"]),
         "",
         "| variant | seed | nominal | sensor_shift | discriminator held-out accuracy (end) |",
         "|---|---:|---:|---:|---:|",
@@ -87,8 +91,13 @@ def main() -> None:
             acc = r["disc_heldout_accuracy"]
             lines.append(f"| {v} | {seed} | {r['sets']['nominal']:.1f} | {r['sets']['sensor_shift']:.1f} | "
                          f"{'-' if acc is None else f'{acc:.2f}'} |")
-    for v, s in summary.items():
-        lines.append(f"| **{v} mean** | | {s['nominal']:.1f} | {s['sensor_shift']:.1f} | |")
+    for v, per_seed in results.items():
+        cells = []
+        for s_name in SETS:
+            vals = [r["sets"][s_name] for r in per_seed.values()]
+            spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.1f} ± {spread:.1f}")
+        lines.append(f"| **{v} mean ± std over seeds** | | {cells[0]} | {cells[1]} | |")
     write_text(out_dir / "dann_transfer.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
