@@ -18,3 +18,21 @@ def test_recurrent_ppo_with_uniform_randomization_learns_inverted_pendulum(tmp_p
     assert report.sets["nominal"].mean_return > 900
     assert report.sets["in_range"].mean_return > 900
     assert report.sets["heavy_pole"].mean_return > 500  # outside the box, still mostly balanced
+
+
+@pytest.mark.slow
+def test_automatic_dr_grows_the_ranges_while_the_policy_keeps_balancing(tmp_path):
+    import json
+
+    run = rs.train(ROOT / "experiments" / "inverted_pendulum_adr.toml", timesteps=200_000, out=tmp_path / "run",
+                   evaluate=False)
+    summary = json.loads((run.path / "strategy.json").read_text())
+    grown = [n for n, (lo, hi) in summary["ranges"].items() if hi - lo > 0]
+    # Every range started as a point at the nominal value; most have opened up.
+    assert len(grown) >= 6 and summary["expansions"] >= 20
+    for name, (lo, hi) in summary["ranges"].items():
+        lim_lo, lim_hi = summary["limits"][name]
+        assert lim_lo <= lo <= hi <= lim_hi
+    report = rs.evaluate_transfer(run, episodes=5, sets=["nominal", "sticky_cart"])
+    assert report.sets["nominal"].mean_return > 900
+    assert (run.path / "ranges.png").stat().st_size > 5000
