@@ -12,6 +12,7 @@ from rlsim2real.distributions import BoxDistribution, Distribution
 from rlsim2real.params import SpecError
 from rlsim2real.specs import EnvSpec, load_entry_point, load_env_spec
 from rlsim2real.wrappers import ActionDelay, DynamicsRandomization, ObservationNoise, PhysicsGuard
+from rlsim2real.wrappers.stability import install_warning_handler
 
 
 def _registered_id(spec: EnvSpec) -> str:
@@ -72,6 +73,10 @@ def make_env(
         The wrapped env; ``env.get_wrapper_attr("params")`` gives this episode's values.
     """
     spec = load_env_spec(spec)
+    # Before the model compiles: its warnings (e.g. deprecated compiler attributes of an
+    # asset) are counted and rate-limited like the simulation's, not appended to a file in
+    # the working directory.
+    install_warning_handler()
     space = spec.all_params
     dist = distribution if distribution is not None else BoxDistribution(spec.params)
     env = PhysicsGuard(make_base_env(spec, render_mode))

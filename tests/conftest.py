@@ -4,6 +4,13 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+# Tests build raw Gymnasium MuJoCo envs too (HalfCheetah's asset uses a deprecated compiler
+# attribute): route MuJoCo's warnings through the project's counter, so a test run leaves
+# no MUJOCO_LOG.TXT in the working directory.
+from rlsim2real.wrappers.stability import install_warning_handler  # noqa: E402
+
+install_warning_handler()
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
