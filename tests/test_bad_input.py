@@ -243,7 +243,7 @@ def _main(argv: list[str]) -> int:
     "name",
     ["resume a complete run", "out names a file", "out held by another process"],
 )
-def test_train_refusals_once_wired(name, run_copy, tmp_path, capsys):
+def test_train_refuses_what_would_lose_finished_work(name, run_copy, tmp_path, capsys):
     exp = experiment(tmp_path)
     if name == "resume a complete run":
         argv, expect = ["train", str(exp), "--out", str(run_copy), "--resume"], "the run is complete"
