@@ -20,6 +20,8 @@ _LAZY = {
     "collect_trajectories": "rlsim2real.episodes",
     "load_trajectories": "rlsim2real.trajectories",
     "Trajectories": "rlsim2real.trajectories",
+    "EpisodeRunner": "rlsim2real.episodes",
+    "EpisodeJob": "rlsim2real.episodes",
 }
 
 
