@@ -89,8 +89,8 @@ class Distribution:
 class BoxDistribution(Distribution):
     """Independent marginals, one per :class:`Param` (uniform, loguniform or truncated normal).
 
-    This is the one sampler of the project: ``Param.sample`` and ``ParamSpace.sample`` draw
-    through it, so one seed gives one value wherever it is drawn.
+    This is the one sampler of the project (Params and spaces have none of their own), so
+    one seed gives one value wherever it is drawn.
 
     Args:
         space: The parameters; each Param's ``range``, ``dist``, ``mean`` and ``std`` define
@@ -111,15 +111,15 @@ class BoxDistribution(Distribution):
         self._flat_at = np.flatnonzero(self._flat)
         self._lo = scaled_low[self._flat]
         self._width = (scaled_high - scaled_low)[self._flat]
-        self._log = is_log[self._flat]
-        self._any_log = bool(self._log.any())
+        log = is_log[self._flat]
+        self._any_log = bool(log.any())
         # Points (low == high) and normals start from the range's low end / are filled in.
         self._base = low.copy()
         self._normals = [(i, p) for i, p in enumerate(params) if p.dist == "normal" and p.low < p.high]
         # The common case: every dimension uniform or loguniform with a width; then a sample
         # is built in place from one generator call.
         self._all_flat = self._flat_at.size == len(params) and len(params) > 0
-        self._log_at = np.flatnonzero(self._log)
+        self._log_at = np.flatnonzero(log)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"space": self.space}  # small on the wire to every worker; rebuilt there
@@ -131,20 +131,21 @@ class BoxDistribution(Distribution):
     def names(self) -> tuple[str, ...]:
         return self._names
 
+    def _draw_flat(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """The uniform and loguniform dimensions, shape (*shape, n_flat), built in place."""
+        x = rng.random((*shape, self._flat_at.size))
+        x *= self._width
+        x += self._lo
+        if self._any_log:
+            x[..., self._log_at] = np.exp(x[..., self._log_at])
+        return x
+
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         if self._all_flat:
-            x = rng.random(self._flat_at.size)
-            x *= self._width
-            x += self._lo
-            if self._any_log:
-                x[self._log_at] = np.exp(x[self._log_at])
-            return x
+            return self._draw_flat(rng, ())
         out = self._base.copy()
         if self._flat_at.size:
-            x = self._lo + self._width * rng.random(self._flat_at.size)
-            if self._any_log:
-                x = np.where(self._log, np.exp(x), x)
-            out[self._flat_at] = x
+            out[self._flat_at] = self._draw_flat(rng, ())
         for i, p in self._normals:
             out[i] = _truncated_normal(rng, p)
         return out
@@ -153,10 +154,7 @@ class BoxDistribution(Distribution):
         n = int(n)
         out = np.repeat(self._base[None, :], n, axis=0)
         if self._flat_at.size and n:
-            x = self._lo + self._width * rng.random((n, self._flat_at.size))
-            if self._any_log:
-                x = np.where(self._log, np.exp(x), x)
-            out[:, self._flat_at] = x
+            out[:, self._flat_at] = self._draw_flat(rng, (n,))
         for i, p in self._normals:
             out[:, i] = [_truncated_normal(rng, p) for _ in range(n)]
         return out

@@ -179,11 +179,6 @@ class Param:
         """The value that leaves the nominal model unchanged (``None`` for mode ``abs``)."""
         return {"scale": 1.0, "add": 0.0}.get(self.mode)
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        """The limits if set, else the range: where any value of this term may lie."""
-        return self.limits if self.limits is not None else self.range
-
     def with_range(self, low: float, high: float) -> "Param":
         """A copy with another range, limits kept (used by strategies that move the bounds)."""
         return Param(self.name, self.target, (low, high), self.mode, self.dist, self.mean, self.std, self.limits)

@@ -208,19 +208,39 @@ def load_normalizer(path: Path, venv: Any = None) -> Any:
         SpecError: naming the file, if it is missing, empty, truncated or not a VecNormalize.
     """
     path = Path(path)
-    _check_nonempty(path, "normalization file")
-    try:
-        if venv is not None:
+    if venv is not None:
+        _check_nonempty(path, "normalization")
+        try:
             from stable_baselines3.common.vec_env import VecNormalize
 
             return VecNormalize.load(str(path), venv)
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh)
-    except Exception as exc:  # unpickling raises many types on a damaged file
-        raise SpecError(f"{path}: not a readable VecNormalize file ({type(exc).__name__}: {_one_line(exc)})") from None
+        except Exception as exc:  # unpickling raises many types on a damaged file
+            raise SpecError(f"{path}: not a readable VecNormalize file ({type(exc).__name__}: {_one_line(exc)})") from None
+    obj = load_pickle(path, "VecNormalize", "normalization")
     if not hasattr(obj, "normalize_obs"):
         raise SpecError(f"{path}: expected SB3 VecNormalize statistics, got a {type(obj).__name__}")
     return obj
+
+
+def load_pickle(path: Path, what: str, kind: str | None = None) -> Any:
+    """Unpickle a file this project wrote (normalization, strategy or sampler state), with a
+    one-line error for a broken one.
+
+    Args:
+        path: The file.
+        what: What it should hold, for the message (``"VecNormalize"``, ``"strategy state"``).
+        kind: How a missing or empty file is named (default: ``what``).
+
+    Raises:
+        SpecError: naming the file, if it is missing, empty, truncated or corrupt.
+    """
+    path = Path(path)
+    _check_nonempty(path, kind or what)
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except Exception as exc:  # unpickling raises many types on a damaged file
+        raise SpecError(f"{path}: not a readable {what} file ({type(exc).__name__}: {_one_line(exc)})") from None
 
 
 def _check_nonempty(path: Path, what: str) -> None:

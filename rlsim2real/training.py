@@ -33,7 +33,10 @@ from rlsim2real.distributions import Distribution
 from rlsim2real.factory import make_env
 from rlsim2real.io import atomic_write, write_json
 from rlsim2real.params import SpecError
-from rlsim2real.runs import Run, RunLock, check_device, check_new_run_dir, check_resumable, check_writable, find_resumable
+from rlsim2real.runs import (
+    Run, RunLock, check_device, check_new_run_dir, check_resumable, check_writable, find_resumable, load_model_file,
+    load_normalizer, load_pickle,
+)
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
 from rlsim2real.strategies.feedback import StrategyFeedback
@@ -121,19 +124,11 @@ def _pickle(path: Path, obj: Any) -> None:
         pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _unpickle(path: Path) -> Any:
-    try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as exc:
-        raise SpecError(f"{path}: cannot read checkpoint state ({type(exc).__name__}: {exc})") from None
-
-
 def restore_strategy(strategy: Strategy, checkpoint: Path) -> None:
     """Load the strategy state of ``checkpoint`` (``strategy.pkl``; older runs: ``strategy.json``)."""
     state_file = checkpoint / "strategy.pkl"
     if state_file.is_file():
-        strategy.load_state_dict(_unpickle(state_file))
+        strategy.load_state_dict(load_pickle(state_file, "strategy state"))
     else:
         strategy.load_state_dict(json.loads((checkpoint / "strategy.json").read_text()))
 
@@ -143,7 +138,7 @@ def restore_samplers(venv: VecEnv, checkpoint: Path) -> bool:
     state_file = checkpoint / "samplers.pkl"
     if not state_file.is_file():
         return False
-    states = _unpickle(state_file)
+    states = load_pickle(state_file, "sampler state")
     if len(states) != venv.num_envs:
         raise SpecError(f"{state_file}: holds {len(states)} worker states; this run has n_envs = {venv.num_envs}")
     for i, state in enumerate(states):
@@ -251,7 +246,7 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
             restore_samplers(venv, checkpoint)
         if spec.normalize:
             stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
-            venv = VecNormalize.load(str(stats), venv) if stats and stats.is_file() else VecNormalize(venv)
+            venv = load_normalizer(stats, venv) if stats and stats.is_file() else VecNormalize(venv)
             venv.training = True
         strategy.broadcast(venv)
         model = _build_model(spec, venv, checkpoint, verbose)
@@ -492,9 +487,9 @@ def _truncate_episode_log(path: Path, keep_until: int) -> None:
 
 
 def _build_model(spec: ExperimentSpec, venv: VecEnv, checkpoint: Path | None, verbose: int) -> Any:
-    cls = algorithm_class(spec.agent.algorithm)
     if checkpoint is not None:
-        return cls.load(checkpoint / "model.zip", env=venv, device=spec.device)
+        return load_model_file(checkpoint / "model.zip", spec.agent.algorithm, device=spec.device, env=venv)
+    cls = algorithm_class(spec.agent.algorithm)
     extra = {"dann": dict(spec.agent.dann)} if spec.agent.dann else {}
     where = spec.agent.path or spec.agent.name
     try:

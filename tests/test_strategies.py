@@ -330,3 +330,21 @@ def test_limits_that_make_a_mass_non_positive_fail_at_load(tmp_path):
         "limits = [0.25, 4.0]", "limits = [-0.5, 4.0]", 1))
     with pytest.raises(rs.SpecError, match=r"params.cart_mass: scale -0.5 makes body_mass\[cart\] .*expected > 0"):
         rs.load_env_spec(env)
+
+
+@pytest.mark.parametrize("broken, expected", [
+    ("strategy.pkl", "strategy.pkl: empty strategy state file"),
+    ("samplers.pkl", "samplers.pkl: empty sampler state file"),
+    ("vecnormalize.pkl", "vecnormalize.pkl: empty normalization file"),
+    ("model.zip", "model.zip: empty model file"),
+])
+def test_resuming_from_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, broken, expected):
+    exp = write_adr(tmp_path, timesteps=256, checkpoint=128)
+    out = tmp_path / "run"
+    rs.train(exp, out=out, evaluate=False)
+    (out / "run.json").write_text(json.dumps({"status": "running", "timesteps": 128}))
+    checkpoint = Run.open(out).checkpoints()[-1]
+    (checkpoint / broken).write_bytes(b"")
+    with pytest.raises(rs.SpecError) as err:
+        rs.train(exp, out=out, resume=True, evaluate=False)
+    assert expected in str(err.value) and "\n" not in str(err.value)

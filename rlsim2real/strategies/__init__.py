@@ -28,8 +28,8 @@ def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0
         raise SpecError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
     cls = STRATEGIES[name]
     if settings is None or isinstance(settings, dict):
+        # Checked against ``env`` by the strategy itself when it is built.
         settings = cls.Settings.from_table(settings or {}, "strategy", name)
-        settings.validate("strategy", env)
     return cls(env, settings, seed)
 
 

@@ -164,13 +164,12 @@ class AutomaticStrategy(Strategy):
         settings = settings or AutomaticSettings()
         settings.validate("strategy", env)
         self.settings = settings
-        self.success_return = env.success_return
         adapted = adapted_names(settings, env)
         # The distribution's space: the training box, then adapted held-out terms.
         params = list(env.params) + [p for p in env.heldout_params if p.name in adapted]
         self.adapted = adapted
-        self._base = [p if p.name not in adapted else p.with_range(*initial_range(settings, env, p)) for p in params]
-        self._base = [p if p.name not in adapted or p.dist != "normal" else _uniform(p) for p in self._base]
+        # Adapted parameters start at their initial range and are drawn uniformly (ADR's way).
+        self._base = [p if p.name not in adapted else _uniform(p, *initial_range(settings, env, p)) for p in params]
         names = [p.name for p in self._base]
         self._at = [names.index(n) for n in adapted]
         self.initial = np.array([self._base[i].range for i in self._at], dtype=np.float64)  # (n, 2)
@@ -333,5 +332,8 @@ class AutomaticStrategy(Strategy):
         return [plot_ranges(folder / "ranges.png", self.adapted, history, self.limits, self.initial)]
 
 
-def _uniform(p: Param) -> Param:
-    return Param(p.name, p.target, p.range, p.mode, "uniform", None, None, p.limits)
+def _uniform(p: Param, low: float, high: float) -> Param:
+    """``p`` over ``[low, high]``; a truncated normal becomes uniform, loguniform stays."""
+    if p.dist != "normal":
+        return p.with_range(low, high)
+    return Param(p.name, p.target, (low, high), p.mode, "uniform", None, None, p.limits)

@@ -150,19 +150,13 @@ class DynamicsRandomization(RandomizationWrapper):
         return np.array(field_array(self._model, field), copy=True)
 
     def nominal_value(self, name: str) -> float:
-        return self._bound[self._index_of(name)].nominal_value()
-
-    def _index_of(self, name: str) -> int:
-        for k, b in enumerate(self._bound):
-            if b.param.name == name:
-                return k
-        raise KeyError(name)
+        return self._bound[self.space.index(name)].nominal_value()
 
     def _steps_work(self) -> bool:
         return False  # the model is written at reset; nothing happens per step
 
     def _check_value(self, name: str, value: float) -> None:
-        self._bound[self._index_of(name)].check_value(value, f"param {name!r}")
+        self._bound[self.space.index(name)].check_value(value, f"param {name!r}")
 
     def _flat_index(self, b: BoundParam) -> np.ndarray:
         shape = self._nominal[b.field].shape

@@ -318,7 +318,7 @@ class ActionDelay(RandomizationWrapper):
     def _apply(self, values: np.ndarray) -> None:
         delay = self._nominal_delay
         if self._delay_param is not None:  # at most one: this layer's own parameter
-            delay = int(round(apply_mode(self._delay_param.mode, float(self._nominal_delay), float(values[0]))))
+            delay = int(round(self._delay_for(self._delay_param.name, float(values[0]))))
         queue = self._queue
         # Mid-episode (``resample_every``): keep the actions in flight; a longer delay holds
         # the next ones back with neutral actions, a shorter one drops the oldest.
