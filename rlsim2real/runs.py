@@ -137,7 +137,7 @@ class Run:
         """
         steps = ", ".join(str(_step_of(c)) for c in self.checkpoints()[-8:]) or "none yet"
         if step is not None:
-            folder = self.path / "checkpoints" / f"step_{int(step):09d}"
+            folder = checkpoint_folder(self.path, step)
             if not (folder / "model.zip").is_file():
                 raise SpecError(f"{self.path}: --step {step}: no checkpoint at that step; steps: {steps}")
             return folder
@@ -161,6 +161,11 @@ class Run:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+def checkpoint_folder(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint taken at ``step`` lives: ``run_dir/checkpoints/step_<step>``."""
+    return Path(run_dir) / "checkpoints" / f"step_{int(step):09d}"
 
 
 def _step_of(folder: Path) -> int:

@@ -34,7 +34,7 @@ from rlsim2real.factory import make_env
 from rlsim2real.io import atomic_write, write_json
 from rlsim2real.params import SpecError
 from rlsim2real.runs import (
-    Run, RunLock, check_device, check_new_run_dir, check_resumable, check_writable, find_resumable, load_model_file,
+    Run, RunLock, check_device, checkpoint_folder, check_new_run_dir, check_resumable, check_writable, find_resumable, load_model_file,
     load_normalizer, load_pickle,
 )
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
@@ -94,7 +94,7 @@ class RunCheckpoint(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
             self._next = (self.num_timesteps // self.every + 1) * self.every
-            folder = self.run_dir / "checkpoints" / f"step_{self.num_timesteps:09d}"
+            folder = checkpoint_folder(self.run_dir, self.num_timesteps)
             save_artifacts(self.model, self.strategy, folder)
         return True
 
@@ -432,7 +432,7 @@ class InterruptCheckpoint(BaseCallback):
         return self.signum is None
 
     def save(self, model: Any) -> Path:
-        folder = self.run_dir / "checkpoints" / f"step_{int(model.num_timesteps):09d}"
+        folder = checkpoint_folder(self.run_dir, model.num_timesteps)
         save_artifacts(model, self.strategy, folder)
         return folder
 
