@@ -275,6 +275,89 @@ class AdrDistribution(BoxDistribution):
                 and self.adapted.tolist() == other.adapted.tolist() and self.boundary_prob == other.boundary_prob)
 
 
+class ParticleDistribution(BoxDistribution):
+    """A box whose searched dimensions are set by one of a few particles (Active DR).
+
+    Every sample draws the box, then overwrites the searched dimensions with the vector of
+    one particle, chosen uniformly among those this distribution serves; the tag
+    ``(particle, round)`` says which particle and which proposal round it ran on.
+
+    Args:
+        space: All parameters with their training box.
+        searched: Positions (in ``space``) of the dimensions the particles set.
+        vectors: Each particle's values of the searched dimensions, shape (particles, n_searched),
+            in each Param's own units.
+        round: The proposal round the vectors belong to.
+        serve: The particles this distribution draws from (default: all); a strategy gives
+            each worker its own.
+
+    Example:
+        >>> from rlsim2real.params import Param, ParamSpace
+        >>> space = ParamSpace([Param("m", "body_mass[torso]", (0.5, 1.5)), Param("f", "geom_friction[floor]", (0.5, 1.5))])
+        >>> d = ParticleDistribution(space, [0], [[0.6], [1.4]], round=3, serve=[1])
+        >>> x, tag = d.sample_tagged(np.random.default_rng(0))
+        >>> float(x[0]), tag
+        (1.4, (1, 3))
+    """
+
+    def __init__(
+        self, space: ParamSpace, searched: Sequence[int], vectors: Any, round: int = 0, serve: Sequence[int] | None = None
+    ) -> None:
+        super().__init__(space)
+        self.searched = np.asarray(searched, dtype=np.intp)
+        self.vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self.searched.size)
+        self.round = int(round)
+        self.serve = np.arange(len(self.vectors)) if serve is None else np.asarray(serve, dtype=np.intp)
+        if not self.serve.size:
+            raise ValueError("ParticleDistribution: serves no particle")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"space": self.space, "searched": self.searched.tolist(), "vectors": self.vectors, "round": self.round,
+                "serve": self.serve.tolist()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["space"], state["searched"], state["vectors"], state["round"], state["serve"])
+
+    def serving(self, particles: Sequence[int]) -> "ParticleDistribution":
+        """The same particles, drawing only from ``particles`` (one worker's share)."""
+        return ParticleDistribution(self.space, self.searched, self.vectors, self.round, particles)
+
+    def sample_tagged(self, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+        x = super().sample(rng)
+        i = int(self.serve[0] if self.serve.size == 1 else self.serve[rng.integers(self.serve.size)])
+        x[self.searched] = self.vectors[i]
+        return x, (i, self.round)
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_tagged(rng)[0]
+
+    def sample_batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.stack([self.sample(rng) for _ in range(int(n))]) if n else np.zeros((0, len(self.names)))
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        low, high = self.space.low.copy(), self.space.high.copy()
+        served = self.vectors[self.serve]
+        low[self.searched] = served.min(axis=0)
+        high[self.searched] = served.max(axis=0)
+        return low, high
+
+    def entropy(self) -> float:
+        # A mixture of points in the searched dimensions: no density.
+        return -math.inf if self.searched.size else super().entropy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"type": "particles", "params": self.space.to_list(), "searched": self.searched.tolist(),
+                "vectors": self.vectors.tolist(), "round": self.round, "serve": self.serve.tolist()}
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ParticleDistribution) and self.space == other.space
+                and self.searched.tolist() == other.searched.tolist() and np.array_equal(self.vectors, other.vectors)
+                and self.round == other.round and self.serve.tolist() == other.serve.tolist())
+
+    def __repr__(self) -> str:
+        return f"ParticleDistribution({len(self.vectors)} particles over {len(self.searched)} dims, round {self.round})"
+
+
 def param_from_dict(d: Mapping[str, Any]) -> Param:
     """A :class:`Param` from :meth:`ParamSpace.to_list` output."""
     return Param(
@@ -292,7 +375,10 @@ def distribution_from_state(state: Mapping[str, Any]) -> Distribution:
         return Fixed(state["values"])
     if kind == "adr":
         return AdrDistribution.from_state(state)
-    raise ValueError(f"unknown distribution state type {kind!r}; expected 'box', 'fixed' or 'adr'")
+    if kind == "particles":
+        return ParticleDistribution(ParamSpace(param_from_dict(d) for d in state["params"]), state["searched"],
+                                    state["vectors"], state["round"], state["serve"])
+    raise ValueError(f"unknown distribution state type {kind!r}; expected 'box', 'fixed', 'adr' or 'particles'")
 
 
 def _truncated_normal(rng: np.random.Generator, p: Param) -> float:

@@ -1,4 +1,5 @@
-"""Figures of training state: ADR's ranges over training (``ranges.png``)."""
+"""Figures of training state: ADR's ranges over training (``ranges.png``), Active DR's
+particles (``particles.png``)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,68 @@ def plot_ranges(
     if n:
         axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle("ADR ranges over training (dashed: limits)", fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=90), suffix=".png")
+    finally:
+        plt.close(fig)
+
+
+def plot_particles(
+    path: str | os.PathLike,
+    names: Sequence[str],
+    history: Sequence[tuple[int, Sequence[Sequence[float]]]],
+    limits: np.ndarray,
+    box: np.ndarray,
+) -> Path:
+    """Draw each particle's proposals over training in the two parameters whose proposals
+    spread most (relative to their limits), against the limits and the training box; with
+    one parameter, its value over training.
+
+    Args:
+        path: Where the PNG goes (written atomically).
+        names: The searched parameters.
+        history: ``(timesteps, values)`` per round, values of shape (particles, n_params).
+        limits: Limits per parameter, shape (n_params, 2).
+        box: Training box per parameter, shape (n_params, 2).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    steps = np.array([t for t, _ in history], dtype=float)
+    values = np.array([v for _, v in history], dtype=float)  # (rounds, particles, n)
+    width = np.maximum(limits[:, 1] - limits[:, 0], 1e-12)
+    spread = (values / width).reshape(-1, values.shape[-1]).std(axis=0)
+    order = np.argsort(-spread, kind="stable")
+    colors = plt.cm.viridis(np.linspace(0, 1, values.shape[1]))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if len(names) >= 2:
+        a, b = int(order[0]), int(order[1])
+        for i in range(values.shape[1]):
+            ax.plot(values[:, i, a], values[:, i, b], "-", color=colors[i], alpha=0.35, linewidth=0.8)
+            ax.plot(values[-1, i, a], values[-1, i, b], "o", color=colors[i], markersize=5)
+        ax.add_patch(Rectangle((box[a, 0], box[b, 0]), box[a, 1] - box[a, 0], box[b, 1] - box[b, 0],
+                               fill=False, edgecolor="grey", linestyle=":", label="training box"))
+        ax.add_patch(Rectangle((limits[a, 0], limits[b, 0]), width[a], width[b],
+                               fill=False, edgecolor="tab:red", linestyle="--", label="limits"))
+        ax.set_xlim(limits[a, 0] - 0.05 * width[a], limits[a, 1] + 0.05 * width[a])
+        ax.set_ylim(limits[b, 0] - 0.05 * width[b], limits[b, 1] + 0.05 * width[b])
+        ax.set_xlabel(names[a])
+        ax.set_ylabel(names[b])
+        ax.set_title(f"Active DR particles over {len(steps)} rounds (dots: last)", fontsize=10)
+    else:
+        for i in range(values.shape[1]):
+            ax.plot(steps, values[:, i, 0], "-", color=colors[i], alpha=0.6, linewidth=0.8)
+        for bound in limits[0]:
+            ax.axhline(bound, color="tab:red", linestyle="--", linewidth=1, label="limits")
+        ax.axhspan(box[0, 0], box[0, 1], color="grey", alpha=0.2, label="training box")
+        ax.set_xlabel("timesteps")
+        ax.set_ylabel(names[0] if names else "")
+        ax.set_title("Active DR particles over training", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     try:
         return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=90), suffix=".png")

@@ -234,7 +234,7 @@ def _train_locked(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
 def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, verbose):
     limit_torch_threads()
 
-    strategy = make_strategy(spec.strategy, spec.env, spec.strategy_settings, spec.seed)
+    strategy = make_strategy(spec.strategy, spec.train_env, spec.strategy_settings, spec.seed)
     if checkpoint is not None:
         restore_strategy(strategy, checkpoint)
     resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rlsim2real.params import SpecError
+from rlsim2real.strategies.active import ActiveSettings, ActiveStrategy
 from rlsim2real.strategies.automatic import AdrDistribution, AutomaticSettings, AutomaticStrategy
 from rlsim2real.strategies.base import EpisodeRecord, Strategy, StrategySettings
 from rlsim2real.strategies.uniform import UniformSettings, UniformStrategy
@@ -12,7 +13,7 @@ from rlsim2real.strategies.uniform import UniformSettings, UniformStrategy
 if TYPE_CHECKING:
     from rlsim2real.specs import EnvSpec
 
-STRATEGIES: dict[str, type[Strategy]] = {"uniform": UniformStrategy, "automatic": AutomaticStrategy}
+STRATEGIES: dict[str, type[Strategy]] = {"uniform": UniformStrategy, "automatic": AutomaticStrategy, "active": ActiveStrategy}
 
 
 def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0) -> Strategy:
@@ -34,6 +35,6 @@ def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0
 
 
 __all__ = [
-    "AdrDistribution", "AutomaticSettings", "AutomaticStrategy", "EpisodeRecord", "STRATEGIES", "Strategy",
+    "ActiveSettings", "ActiveStrategy", "AdrDistribution", "AutomaticSettings", "AutomaticStrategy", "EpisodeRecord", "STRATEGIES", "Strategy",
     "StrategySettings", "UniformSettings", "UniformStrategy", "make_strategy",
 ]

@@ -38,6 +38,11 @@ class EpisodeRecord:
         unstable: Whether the physics blew up (truncated by the PhysicsGuard).
         pinned: Whether the values were pinned rather than drawn.
         timesteps: The learner's step count when the episode was seen.
+        transitions: For strategies that ask for them (``wants_transitions``): the episode's
+            transitions as rows ``[s, a, s']`` of raw (unnormalized) observations and the
+            actions the env received, shape (steps, 2 * obs_dim + act_dim); the step that
+            ended the episode is left out (its ``s'`` is the next episode's first
+            observation). ``None`` otherwise.
     """
 
     env: int
@@ -50,6 +55,7 @@ class EpisodeRecord:
     unstable: bool
     pinned: bool = False
     timesteps: int = 0
+    transitions: np.ndarray | None = None
 
     def params(self) -> dict[str, float]:
         """The sample as ``{name: value}``."""
@@ -138,10 +144,16 @@ class Strategy:
 
     name: ClassVar[str] = "base"
     Settings: ClassVar[type[StrategySettings]] = StrategySettings
+    wants_transitions: ClassVar[bool] = False
+    """Whether episode records should carry their transitions (costs a copy per step)."""
 
     def __init__(self, distribution: Distribution) -> None:
         self.distribution = distribution
         self.timesteps = 0
+
+    def attach(self, model: Any, venv: "VecEnv") -> None:
+        """Called when training starts, with the agent and the training env (a strategy that
+        rolls out the current policy itself, like Active DR on its reference env, keeps them)."""
 
     def broadcast(self, venv: "VecEnv") -> None:
         """Send the current distribution to every worker of ``venv``."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
 from rlsim2real.episodes import episode_success
 from rlsim2real.strategies.base import EpisodeRecord, Strategy
@@ -49,6 +50,8 @@ class StrategyFeedback(BaseCallback):
         self._file: Any = None
         self._writer: Any = None
         self.names: tuple[str, ...] = ()
+        self._steps: list[list[np.ndarray]] = []
+        self._last_raw: np.ndarray | None = None
 
     def count_logged(self) -> None:
         """Start the counts from the episodes already in ``episodes_csv`` (a resumed run
@@ -63,15 +66,43 @@ class StrategyFeedback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self.names = tuple(self.training_env.get_attr("param_names")[0])
+        self.strategy.attach(self.model, self.training_env)
+        if self.strategy.wants_transitions:
+            self._steps = [[] for _ in range(self.training_env.num_envs)]
+            self._last_raw = self._raw_obs(self.model._last_obs)
+
+    def _raw_obs(self, fallback: np.ndarray) -> np.ndarray:
+        """The observations of the last step before any ``VecNormalize`` (as the env made them)."""
+        env = self.training_env
+        while isinstance(env, VecEnvWrapper):
+            if isinstance(env, VecNormalize):
+                return np.asarray(env.get_original_obs(), dtype=np.float32).copy()
+            env = env.venv
+        return np.asarray(fallback, dtype=np.float32).copy()
+
+    def _record_transitions(self, dones: np.ndarray) -> None:
+        new = self._raw_obs(self.locals["new_obs"])
+        actions = self.locals.get("clipped_actions", self.locals.get("actions"))
+        actions = np.asarray(actions, dtype=np.float32).reshape(len(new), -1)
+        rows = np.concatenate([self._last_raw.reshape(len(new), -1), actions, new.reshape(len(new), -1)], axis=1)
+        for i in np.flatnonzero(~np.asarray(dones, dtype=bool)):
+            self._steps[i].append(rows[i])
+        self._last_raw = new
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones")
+        if self.strategy.wants_transitions and dones is not None:
+            self._record_transitions(dones)
         if dones is None or not np.any(dones):
             return True
         infos = self.locals.get("infos", ())
         for i in np.flatnonzero(dones):
             info = infos[i]
             sample, episode = info.get("dr_episode"), info.get("episode")
+            transitions = None
+            if self.strategy.wants_transitions:
+                steps, self._steps[i] = self._steps[i], []
+                transitions = np.stack(steps) if steps else None
             if sample is None or episode is None:
                 continue
             truncated = bool(info.get("TimeLimit.truncated", False))
@@ -81,6 +112,7 @@ class StrategyFeedback(BaseCallback):
                 env=int(i), vector=sample.vector, names=self.names, tag=sample.tag, ret=ret, length=int(episode["l"]),
                 success=episode_success(self.success_return, ret, not truncated, truncated, unstable),
                 unstable=unstable, pinned=bool(sample.pinned), timesteps=int(self.num_timesteps),
+                transitions=transitions,
             )
             self._rollout.append(record)
             self.episodes += 1
