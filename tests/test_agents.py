@@ -229,6 +229,21 @@ def test_rollout_and_one_update_match_sb3_contrib(env_id, monkeypatch):
         assert th.allclose(param, theirs[name], atol=1e-6), name
 
 
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_parameters_after_several_updates_match_sb3_contrib_with_its_defaults(env_id):
+    # No policy_kwargs: the optimizer's defaults too (Adam with SB3's eps=1e-5; fused Adam on top).
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
+    ours = RecurrentPPO("MlpLstmPolicy", env_id, **kwargs).learn(4 * 64)
+    ref = sb3_contrib.RecurrentPPO("MlpLstmPolicy", env_id, **kwargs).learn(4 * 64)
+    assert ours._n_updates == ref._n_updates == 8  # 4 rollouts x 2 epochs x 2 minibatches = 16 Adam steps
+    kernels = ("fused", "foreach")
+    settings = lambda m: [{k: v for k, v in g.items() if k not in (*kernels, "params")} for g in m.policy.optimizer.param_groups]  # noqa: E731
+    assert settings(ours) == settings(ref) and ours.policy.optimizer.param_groups[0]["eps"] == 1e-5
+    theirs = dict(ref.policy.named_parameters())
+    for name, param in ours.policy.named_parameters():
+        assert th.allclose(param, theirs[name], atol=1e-5, rtol=0), name
+
+
 def _target(model, n=64, shift=0.5):
     return np.random.default_rng(0).normal(shift, 1.0, size=(n, *model.observation_space.shape)).astype(np.float32)
 

@@ -104,6 +104,14 @@ def _run_training_sequence(
     return run_segments(features, _reset_states(lstm_states, episode_starts), lstm, lengths)
 
 
+def _kernel_choice(optimizer_class: type[th.optim.Optimizer], optimizer_kwargs: dict[str, Any]) -> dict[str, bool]:
+    """``{"fused": True}`` or ``{"foreach": True}`` if the optimizer offers it and the caller chose neither."""
+    if "fused" in optimizer_kwargs or "foreach" in optimizer_kwargs:
+        return {}
+    accepted = inspect.signature(optimizer_class).parameters
+    return {"fused": True} if "fused" in accepted else {"foreach": True} if "foreach" in accepted else {}
+
+
 class FastRecurrentPolicyMixin:
     """Fast paths for :class:`RecurrentActorCriticPolicy` subclasses.
 
@@ -114,21 +122,22 @@ class FastRecurrentPolicyMixin:
       critic in one pass, ``th.lstm_cell`` per layer, layers unrolled into plain calls,
       closed-form diagonal Gaussian sampling drawing the same random numbers as
       ``torch.distributions.Normal``).
-    * Optimizers that offer it default to ``fused=True`` (one kernel for the whole update,
-      same formula; about 2.5x faster than ``foreach`` for Adam on CPU), else ``foreach=True``.
+    * The optimizer gets sb3-contrib's defaults (Adam: ``eps=1e-5`` unless
+      ``optimizer_kwargs`` are given) plus ``fused=True`` where the optimizer offers it (one
+      kernel for the whole update, same formula and results to float rounding; about 2.5x
+      faster than ``foreach`` for Adam on CPU), else ``foreach=True``, unless the caller chose;
+      ``optimizer_kernels`` holds what was added (``{}`` if nothing).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         optimizer_class = kwargs.get("optimizer_class", th.optim.Adam)
-        optimizer_kwargs = dict(kwargs.get("optimizer_kwargs") or {})
-        accepted = inspect.signature(optimizer_class).parameters
-        if "fused" not in optimizer_kwargs and "foreach" not in optimizer_kwargs:
-            if "fused" in accepted:
-                optimizer_kwargs["fused"] = True
-            elif "foreach" in accepted:
-                optimizer_kwargs["foreach"] = True
-        kwargs["optimizer_kwargs"] = optimizer_kwargs
+        optimizer_kwargs = kwargs.get("optimizer_kwargs")
+        if optimizer_kwargs is None:  # as ActorCriticPolicy: Adam's eps=1e-5 only without optimizer_kwargs
+            optimizer_kwargs = {"eps": 1e-5} if optimizer_class is th.optim.Adam else {}
+        kernels = _kernel_choice(optimizer_class, optimizer_kwargs)
+        kwargs["optimizer_kwargs"] = {**optimizer_kwargs, **kernels}
         super().__init__(*args, **kwargs)
+        self.optimizer_kernels = kernels
 
     _process_sequence = staticmethod(_run_sequence)
 
