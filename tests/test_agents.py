@@ -8,7 +8,7 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
@@ -242,6 +242,30 @@ def test_parameters_after_several_updates_match_sb3_contrib_with_its_defaults(en
     theirs = dict(ref.policy.named_parameters())
     for name, param in ours.policy.named_parameters():
         assert th.allclose(param, theirs[name], atol=1e-5, rtol=0), name
+
+
+class _EditingCallback(BaseCallback):
+    """Edits every tensor the rollout hands over in place (inference tensors would raise)."""
+
+    def _on_step(self) -> bool:
+        states = self.locals["lstm_states"]
+        tensors = [self.locals[name] for name in ("obs_tensor", "episode_starts", "values", "log_probs")]
+        tensors += [*states.pi, *states.vf]
+        for tensor in tensors:
+            assert not tensor.is_inference()
+            tensor.add_(0.0)
+        self.locals["actions"] += 0
+        self.edits = getattr(self, "edits", 0) + 1
+        return True
+
+
+def test_callbacks_get_tensors_they_can_edit():
+    model = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu",
+                        policy_kwargs=dict(lstm_hidden_size=8))
+    callback = _EditingCallback()
+    model.learn(32, callback=callback)
+    assert callback.edits == 32
+    assert not any(t.is_inference() for t in (*model._last_lstm_states.pi, *model._last_lstm_states.vf))
 
 
 def _target(model, n=64, shift=0.5):

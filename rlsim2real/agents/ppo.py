@@ -161,7 +161,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)
-            with th.inference_mode():
+            with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
                 actions, values, log_probs, lstm_states = self.policy.rollout_step(
@@ -186,7 +186,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
             self._last_obs = new_obs
             self._last_episode_starts = dones
             self._last_lstm_states = lstm_states
-        with th.inference_mode():
+        with th.no_grad():
             episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), lstm_states.vf, episode_starts)
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
@@ -200,7 +200,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
             if info.get("terminal_observation") is None or not info.get("TimeLimit.truncated", False):
                 continue
             terminal_obs = self.policy.obs_to_tensor(info["terminal_observation"])[0]
-            with th.inference_mode():
+            with th.no_grad():
                 state = (lstm_states.vf[0][:, idx : idx + 1, :].contiguous(), lstm_states.vf[1][:, idx : idx + 1, :].contiguous())
                 no_start = th.zeros(1, dtype=th.float32, device=self.device)
                 rewards[idx] += self.gamma * self.policy.predict_values(terminal_obs, state, no_start)[0].item()
