@@ -331,7 +331,7 @@ def test_save_load_round_trip_restores_predictions_discriminator_and_schedule(tm
     a1, s1 = model.predict(obs, deterministic=True)
     a2, s2 = loaded.predict(obs, deterministic=True)
     assert np.array_equal(a1, a2) and np.array_equal(s1[0], s2[0])
-    for (n1, p1), (n2, p2) in zip(model.policy.discriminator.state_dict().items(), loaded.policy.discriminator.state_dict().items()):
+    for (n1, p1), (n2, p2) in zip(model.discriminator.state_dict().items(), loaded.discriminator.state_dict().items()):
         assert n1 == n2 and th.equal(p1, p2)
     assert loaded.dann_optimizer.state_dict()["state"].keys() == model.dann_optimizer.state_dict()["state"].keys()
     assert loaded.dann_progress() == model.dann_progress() == pytest.approx(64 / 64)

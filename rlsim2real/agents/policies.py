@@ -141,6 +141,23 @@ class FastRecurrentPolicyMixin:
 
     _process_sequence = staticmethod(_run_sequence)
 
+    def with_optimizer_kernels(self, optimizer_state: dict[str, Any], added: bool) -> dict[str, Any]:
+        """An optimizer ``state_dict`` with this policy's kernel choice set or undone.
+
+        ``load_state_dict`` takes ``fused``/``foreach`` from the saved param groups, so a
+        checkpoint would otherwise decide how this process runs Adam.
+
+        Args:
+            optimizer_state: An optimizer ``state_dict`` (not modified).
+            added: True: :attr:`optimizer_kernels` in every param group; False: those keys back
+                at the optimizers' default, None (what sb3-contrib's policy saves).
+
+        Returns:
+            A shallow copy with new param groups.
+        """
+        kernels = {key: value if added else None for key, value in self.optimizer_kernels.items()}
+        return {**optimizer_state, "param_groups": [{**group, **kernels} for group in optimizer_state["param_groups"]]}
+
     def _step_ready(self) -> bool:
         lstms = [m for m in (self.lstm_actor, self.lstm_critic) if m is not None]
         return all(not m.bidirectional and m.proj_size == 0 and not m.batch_first for m in lstms)
@@ -247,3 +264,12 @@ class CnnLstmPolicy(FastRecurrentPolicyMixin, RecurrentActorCriticCnnPolicy):
 
 class MultiInputLstmPolicy(FastRecurrentPolicyMixin, RecurrentMultiInputActorCriticPolicy):
     """sb3-contrib's ``MultiInputLstmPolicy`` with the fast paths of :class:`FastRecurrentPolicyMixin`."""
+
+
+#: sb3-contrib's policy classes and their fast counterparts (checkpoints name the former).
+FAST_POLICIES: dict[type[RecurrentActorCriticPolicy], type[RecurrentActorCriticPolicy]] = {
+    RecurrentActorCriticPolicy: MlpLstmPolicy,
+    RecurrentActorCriticCnnPolicy: CnnLstmPolicy,
+    RecurrentMultiInputActorCriticPolicy: MultiInputLstmPolicy,
+}
+STOCK_POLICIES = {fast: stock for stock, fast in FAST_POLICIES.items()}
