@@ -118,3 +118,16 @@ def test_a_stock_checkpoint_loads_as_the_fast_policy(tmp_path):
     # sb3-contrib's own classes, given by class, run fast too.
     by_class = RecurrentPPO(sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy, "Pendulum-v1", device="cpu")
     assert type(by_class.policy) is MlpLstmPolicy
+
+
+def test_older_checkpoints_with_the_discriminator_in_the_policy_still_load():
+    model = _model(dict(enabled=True))
+    params = model.get_parameters()  # as files saved before DANN left the policy held it
+    params["policy"] = {**params["policy"], **{f"discriminator.{k}": v for k, v in model.discriminator.state_dict().items()}}
+    params["dann_optimizer"] = model.dann_optimizer.state_dict()
+    fresh = RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", seed=1, device="cpu", policy_kwargs=dict(lstm_hidden_size=16),
+                         dann=dict(enabled=True))
+    fresh.set_parameters(params)
+    _assert_same_predictions(fresh, *_predictions(model, _OBS))
+    assert all(th.equal(p, q) for p, q in zip(fresh.discriminator.parameters(), model.discriminator.parameters()))
+    assert fresh.dann_optimizer.state_dict()["state"].keys() == model.dann_optimizer.state_dict()["state"].keys()

@@ -368,9 +368,27 @@ class RecurrentPPO(_SB3RecurrentPPO):
         params = load_path_or_dict
         if not isinstance(params, dict):
             params = load_from_zip_file(params, device=device, load_data=False)[1]
+        params = self._take_older_dann_state(params)
         if isinstance(self.policy, FastRecurrentPolicyMixin) and "policy.optimizer" in params:
             params = {**params, "policy.optimizer": self.policy.with_optimizer_kernels(params["policy.optimizer"], added=True)}
         super().set_parameters(params, exact_match, device)
+
+    def _take_older_dann_state(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Files saved before DANN left the policy keep the discriminator in the policy's
+        state dict and its optimizer as ``dann_optimizer``: load those into DANN (when
+        enabled) and return the other entries."""
+        prefix = "discriminator."
+        policy = params.get("policy", {})
+        discriminator = {key.removeprefix(prefix): value for key, value in policy.items() if key.startswith(prefix)}
+        if not discriminator:
+            return params
+        if self._dann is not None:
+            self._dann.discriminator.load_state_dict(discriminator)
+            if "dann_optimizer" in params:
+                self._dann.optimizer.load_state_dict(params["dann_optimizer"])
+        rest = {name: value for name, value in params.items() if name != "dann_optimizer"}
+        rest["policy"] = {key: value for key, value in policy.items() if not key.startswith(prefix)}
+        return rest
 
     def _excluded_save_params(self) -> list[str]:
         # Target observations can be large and belong to the data, not the model; the
