@@ -8,7 +8,7 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
@@ -229,6 +229,45 @@ def test_rollout_and_one_update_match_sb3_contrib(env_id, monkeypatch):
         assert th.allclose(param, theirs[name], atol=1e-6), name
 
 
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_parameters_after_several_updates_match_sb3_contrib_with_its_defaults(env_id):
+    # No policy_kwargs: the optimizer's defaults too (Adam with SB3's eps=1e-5; fused Adam on top).
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
+    ours = RecurrentPPO("MlpLstmPolicy", env_id, **kwargs).learn(4 * 64)
+    ref = sb3_contrib.RecurrentPPO("MlpLstmPolicy", env_id, **kwargs).learn(4 * 64)
+    assert ours._n_updates == ref._n_updates == 8  # 4 rollouts x 2 epochs x 2 minibatches = 16 Adam steps
+    kernels = ("fused", "foreach")
+    settings = lambda m: [{k: v for k, v in g.items() if k not in (*kernels, "params")} for g in m.policy.optimizer.param_groups]  # noqa: E731
+    assert settings(ours) == settings(ref) and ours.policy.optimizer.param_groups[0]["eps"] == 1e-5
+    theirs = dict(ref.policy.named_parameters())
+    for name, param in ours.policy.named_parameters():
+        assert th.allclose(param, theirs[name], atol=1e-5, rtol=0), name
+
+
+class _EditingCallback(BaseCallback):
+    """Edits every tensor the rollout hands over in place (inference tensors would raise)."""
+
+    def _on_step(self) -> bool:
+        states = self.locals["lstm_states"]
+        tensors = [self.locals[name] for name in ("obs_tensor", "episode_starts", "values", "log_probs")]
+        tensors += [*states.pi, *states.vf]
+        for tensor in tensors:
+            assert not tensor.is_inference()
+            tensor.add_(0.0)
+        self.locals["actions"] += 0
+        self.edits = getattr(self, "edits", 0) + 1
+        return True
+
+
+def test_callbacks_get_tensors_they_can_edit():
+    model = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu",
+                        policy_kwargs=dict(lstm_hidden_size=8))
+    callback = _EditingCallback()
+    model.learn(32, callback=callback)
+    assert callback.edits == 32
+    assert not any(t.is_inference() for t in (*model._last_lstm_states.pi, *model._last_lstm_states.vf))
+
+
 def _target(model, n=64, shift=0.5):
     return np.random.default_rng(0).normal(shift, 1.0, size=(n, *model.observation_space.shape)).astype(np.float32)
 
@@ -292,7 +331,7 @@ def test_save_load_round_trip_restores_predictions_discriminator_and_schedule(tm
     a1, s1 = model.predict(obs, deterministic=True)
     a2, s2 = loaded.predict(obs, deterministic=True)
     assert np.array_equal(a1, a2) and np.array_equal(s1[0], s2[0])
-    for (n1, p1), (n2, p2) in zip(model.policy.discriminator.state_dict().items(), loaded.policy.discriminator.state_dict().items()):
+    for (n1, p1), (n2, p2) in zip(model.discriminator.state_dict().items(), loaded.discriminator.state_dict().items()):
         assert n1 == n2 and th.equal(p1, p2)
     assert loaded.dann_optimizer.state_dict()["state"].keys() == model.dann_optimizer.state_dict()["state"].keys()
     assert loaded.dann_progress() == model.dann_progress() == pytest.approx(64 / 64)

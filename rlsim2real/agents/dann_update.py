@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch as th
@@ -20,9 +20,9 @@ _HELDOUT_SAMPLES = 256
 class DannUpdater:
     """Adds a domain-adversarial term to every PPO minibatch loss.
 
-    The discriminator is registered on the policy as ``policy.discriminator`` so its
-    weights travel with ``policy.state_dict()``; its optimizer is separate so PPO's
-    gradient clipping and learning rate stay exactly as without DANN.
+    The discriminator and its optimizer stay outside the policy and its optimizer, so the
+    policy's state dict is sb3-contrib's and PPO's gradient clipping and learning rate stay
+    exactly as without DANN; :meth:`state_dict` is what a checkpoint keeps of them.
 
     Args:
         agent: The owning agent (its policy must already be built).
@@ -38,13 +38,20 @@ class DannUpdater:
         self.agent = agent
         self.config = config
         self.schedule = config.make_schedule()
-        policy = agent.policy
-        policy.discriminator = DomainDiscriminator(policy.features_dim, config.discriminator_hidden).to(agent.device)
-        self.discriminator = policy.discriminator
+        self.discriminator = DomainDiscriminator(agent.policy.features_dim, config.discriminator_hidden).to(agent.device)
         lr = config.lr if config.lr is not None else agent.lr_schedule(1.0)
         fused = th.device(agent.device).type in ("cpu", "cuda")  # one kernel per step where supported
         self.optimizer = th.optim.Adam(self.discriminator.parameters(), lr=lr, fused=fused)
         self._stats: dict[str, list[th.Tensor]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The discriminator's and its optimizer's state dicts."""
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     @property
     def target(self) -> TargetObservations:

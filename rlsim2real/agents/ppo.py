@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import pathlib
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -13,14 +15,22 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.type_aliases import MaybeCallback, TensorDict
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlsim2real.agents.buffers import FastRecurrentDictRolloutBuffer, FastRecurrentRolloutBuffer
 from rlsim2real.agents.dann_config import DannConfig, TargetObservations
 from rlsim2real.agents.dann_update import DannUpdater
-from rlsim2real.agents.policies import CnnLstmPolicy, FastRecurrentPolicyMixin, MlpLstmPolicy, MultiInputLstmPolicy
+from rlsim2real.agents.policies import (
+    FAST_POLICIES,
+    STOCK_POLICIES,
+    CnnLstmPolicy,
+    FastRecurrentPolicyMixin,
+    MlpLstmPolicy,
+    MultiInputLstmPolicy,
+)
 
 SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 
@@ -29,7 +39,9 @@ class RecurrentPPO(_SB3RecurrentPPO):
     """Drop-in :class:`sb3_contrib.RecurrentPPO` with fast LSTM paths and an optional DANN encoder.
 
     Same constructor, defaults, checkpoint layout and results (up to float rounding) as
-    sb3-contrib. The policy aliases resolve to :mod:`rlsim2real.agents.policies`: in the
+    sb3-contrib: its checkpoints load here (as the fast policy) and ours load in plain
+    sb3-contrib (see :meth:`save`). The policy aliases resolve to :mod:`rlsim2real.agents.policies`
+    (as do sb3-contrib's own policy classes, given by class or by a checkpoint): in the
     update the LSTMs run a few calls per minibatch (length-sorted segments that skip most
     padding) instead of one per time step, and the heads and losses see only real rows;
     rollouts use a lean inference step; the buffer pads minibatches with vectorized indexing;
@@ -62,6 +74,12 @@ class RecurrentPPO(_SB3RecurrentPPO):
 
     # ----------------------------------------------------------------- setup
     def _setup_model(self) -> None:
+        # sb3-contrib's policy classes (as checkpoints name them, see save) run as the fast ones.
+        self.policy_class = FAST_POLICIES.get(self.policy_class, self.policy_class)
+        # A checkpoint's DANN entries (plain data, see save), set by load before this call.
+        if "dann" in self.__dict__:
+            self.dann_config = DannConfig.from_any(self.__dict__.pop("dann"))
+        dann_state = self.__dict__.pop("dann_state", None)
         super()._setup_model()
         fast_cls = FastRecurrentDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else FastRecurrentRolloutBuffer
         lstm = self.policy.lstm_actor
@@ -77,11 +95,18 @@ class RecurrentPPO(_SB3RecurrentPPO):
         )
         self._dann = DannUpdater(self, self.dann_config) if self.dann_config.enabled else None
         self.dann_optimizer = self._dann.optimizer if self._dann else None
+        if self._dann is not None and dann_state is not None:
+            self._dann.load_state_dict(th.load(io.BytesIO(dann_state), map_location=self.device, weights_only=True))
 
     @property
     def dann_enabled(self) -> bool:
         """Whether the domain-adversarial loss is part of training."""
         return self._dann is not None
+
+    @property
+    def discriminator(self) -> th.nn.Module | None:
+        """DANN's domain discriminator (None without DANN); not part of the policy."""
+        return self._dann.discriminator if self._dann is not None else None
 
     # ------------------------------------------------------- target domain
     def set_target_observations(self, observations: np.ndarray) -> None:
@@ -161,7 +186,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)
-            with th.inference_mode():
+            with th.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
                 actions, values, log_probs, lstm_states = self.policy.rollout_step(
@@ -186,7 +211,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
             self._last_obs = new_obs
             self._last_episode_starts = dones
             self._last_lstm_states = lstm_states
-        with th.inference_mode():
+        with th.no_grad():
             episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), lstm_states.vf, episode_starts)
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
@@ -200,7 +225,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
             if info.get("terminal_observation") is None or not info.get("TimeLimit.truncated", False):
                 continue
             terminal_obs = self.policy.obs_to_tensor(info["terminal_observation"])[0]
-            with th.inference_mode():
+            with th.no_grad():
                 state = (lstm_states.vf[0][:, idx : idx + 1, :].contiguous(), lstm_states.vf[1][:, idx : idx + 1, :].contiguous())
                 no_start = th.zeros(1, dtype=th.float32, device=self.device)
                 rewards[idx] += self.gamma * self.policy.predict_values(terminal_obs, state, no_start)[0].item()
@@ -216,7 +241,6 @@ class RecurrentPPO(_SB3RecurrentPPO):
         clip_range_vf = self.clip_range_vf(self._current_progress_remaining) if self.clip_range_vf is not None else None
         if self._dann is not None:
             self._dann.begin_update()
-        ppo_params = [p for n, p in self.policy.named_parameters() if not n.startswith("discriminator.")]
         stats: dict[str, list[th.Tensor]] = {"entropy": [], "pg": [], "value": [], "clip": []}
         approx_kl_divs: list[float] = []
         continue_training = True
@@ -268,7 +292,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
                 if self._dann is not None:
                     self._dann.optimizer.zero_grad()
                 loss.backward()
-                th.nn.utils.clip_grad_norm_(ppo_params, self.max_grad_norm)
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
                 if self._dann is not None:
                     self._dann.step()
@@ -297,13 +321,77 @@ class RecurrentPPO(_SB3RecurrentPPO):
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
     # --------------------------------------------------------------- save
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        if self.dann_enabled:
-            state_dicts = [*state_dicts, "dann_optimizer"]
-        return state_dicts, variables
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: list[str] | None = None,
+        include: list[str] | None = None,
+    ) -> None:
+        """As sb3-contrib's ``save``, in its terms: plain ``sb3_contrib.RecurrentPPO.load`` reads the file.
+
+        No rlsim2real object is pickled (unless passed in ``policy_kwargs``, such as a
+        features extractor of ours): the policy is named by its sb3-contrib class (the fast
+        classes compute the same with the same parameters), and the optimizer state carries
+        none of the ``fused``/``foreach`` we add. DANN goes into two entries that sb3-contrib
+        keeps as unused attributes: ``dann``, the settings as a plain dict, and
+        ``dann_state``, bytes of ``torch.save`` of the discriminator's and its optimizer's
+        state dicts. A plain load gets the PPO model without DANN; this class's ``load``
+        restores DANN from the entries, also from a file sb3-contrib saved again.
+        """
+        fast_class = self.policy_class
+        self.policy_class = STOCK_POLICIES.get(fast_class, fast_class)
+        self.dann = self.dann_config.to_dict()
+        self.dann_state = None
+        if self._dann is not None:
+            buffer = io.BytesIO()
+            th.save(self._dann.state_dict(), buffer)
+            self.dann_state = buffer.getvalue()
+        try:
+            super().save(path, exclude, include)
+        finally:
+            self.policy_class = fast_class
+            del self.dann, self.dann_state
+
+    def get_parameters(self) -> dict[str, dict]:
+        """As sb3-contrib's: the policy's and its optimizer's state dicts, the latter with
+        sb3-contrib's ``fused``/``foreach`` (see :meth:`set_parameters`)."""
+        params = super().get_parameters()
+        if isinstance(self.policy, FastRecurrentPolicyMixin):
+            params["policy.optimizer"] = self.policy.with_optimizer_kernels(params["policy.optimizer"], added=False)
+        return params
+
+    def set_parameters(
+        self, load_path_or_dict: str | TensorDict, exact_match: bool = True, device: th.device | str = "auto"
+    ) -> None:
+        """As sb3-contrib's; the optimizer keeps the ``fused``/``foreach`` this process chose
+        (a loaded optimizer state would otherwise set them)."""
+        params = load_path_or_dict
+        if not isinstance(params, dict):
+            params = load_from_zip_file(params, device=device, load_data=False)[1]
+        params = self._take_older_dann_state(params)
+        if isinstance(self.policy, FastRecurrentPolicyMixin) and "policy.optimizer" in params:
+            params = {**params, "policy.optimizer": self.policy.with_optimizer_kernels(params["policy.optimizer"], added=True)}
+        super().set_parameters(params, exact_match, device)
+
+    def _take_older_dann_state(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Files saved before DANN left the policy keep the discriminator in the policy's
+        state dict and its optimizer as ``dann_optimizer``: load those into DANN (when
+        enabled) and return the other entries."""
+        prefix = "discriminator."
+        policy = params.get("policy", {})
+        discriminator = {key.removeprefix(prefix): value for key, value in policy.items() if key.startswith(prefix)}
+        if not discriminator:
+            return params
+        if self._dann is not None:
+            self._dann.discriminator.load_state_dict(discriminator)
+            if "dann_optimizer" in params:
+                self._dann.optimizer.load_state_dict(params["dann_optimizer"])
+        rest = {name: value for name, value in params.items() if name != "dann_optimizer"}
+        rest["policy"] = {key: value for key, value in policy.items() if not key.startswith(prefix)}
+        return rest
 
     def _excluded_save_params(self) -> list[str]:
         # Target observations can be large and belong to the data, not the model; the
-        # provider is a live callable. Both are set again after loading.
-        return [*super()._excluded_save_params(), "_target", "_target_provider", "_dann", "dann_optimizer"]
+        # provider is a live callable. Both are set again after loading. The DANN settings
+        # and state are saved as plain data (see save).
+        return [*super()._excluded_save_params(), "_target", "_target_provider", "_dann", "dann_optimizer", "dann_config"]
