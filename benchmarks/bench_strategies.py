@@ -1,14 +1,18 @@
-"""Uniform against automatic DR at the same agent steps, over seeds, on every held-out set.
+"""Uniform, automatic and active DR at the same agent steps, over seeds, on every held-out set.
 
 Trains each strategy's experiment for each seed (one subprocess per run, ``--workers`` at a
 time), evaluates every run on the nominal sim and every real set of the env spec, and
 reports per set the mean and standard deviation of the per-seed mean returns and success
-rates; for ADR, the final ranges and the distribution's entropy.
+rates; for automatic DR the final ranges and the distribution's entropy; for active DR the
+reference-env steps spent and where the particles ended.
 
     python benchmarks/bench_strategies.py --env inverted_pendulum --seeds 0 1 2 --timesteps 300000 --workers 2
     python benchmarks/bench_strategies.py --env hopper --seeds 0 1 2 --timesteps 1000000 --workers 6
+    python benchmarks/bench_strategies.py --env hopper --only active ... --name part_b
+    python benchmarks/bench_strategies.py --env hopper --merge part_a part_b --name whole
 
-Writes benchmarks/results/strategies_<env>.json and .md (``--no-write``: print only).
+Writes benchmarks/results/strategies_<env>.json and .md (``--no-write``: print only);
+``--merge`` joins earlier results files of the same env and budget into one report.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from benchmarks.machine import describe, machine  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
 
 PAIRS = {
-    "inverted_pendulum": {"uniform": "experiments/quickstart.toml", "automatic": "experiments/inverted_pendulum_adr.toml"},
-    "hopper": {"uniform": "experiments/hopper_udr.toml", "automatic": "experiments/hopper_adr.toml"},
+    "inverted_pendulum": {"uniform": "experiments/quickstart.toml", "automatic": "experiments/inverted_pendulum_adr.toml",
+                          "active": "experiments/inverted_pendulum_active.toml"},
+    "hopper": {"uniform": "experiments/hopper_udr.toml", "automatic": "experiments/hopper_adr.toml",
+               "active": "experiments/hopper_active.toml"},
 }
 
 
@@ -53,8 +59,9 @@ def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes:
     transfer = json.loads((out / "transfer.json").read_text())
     summary = json.loads((out / "strategy.json").read_text())
     status = json.loads((out / "run.json").read_text())
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {
-        "strategy": strategy, "seed": seed, "train_seconds": round(train_seconds, 1),
+        "strategy": strategy, "seed": seed, "train_seconds": round(train_seconds, 1), "commit": commit or None,
         "timesteps": transfer["timesteps"], "unstable_fraction": status.get("unstable_fraction"),
         "sets": {name: {"mean_return": s["mean_return"], "success_rate": s["success_rate"]}
                  for name, s in transfer["sets"].items()},
@@ -64,6 +71,10 @@ def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes:
         result["entropy_per_dim"] = summary["entropy_per_dim"]
         result["point_dims"] = summary["point_dims"]
         result["expansions"] = summary["expansions"]
+    if strategy == "active":
+        result["particles"] = summary["particles"]
+        result["reference_steps"] = summary["reference_steps"]
+        result["rounds"] = summary["rounds"]
     print(f"{strategy} seed {seed}: " + ", ".join(f"{k} {v['mean_return']:.0f}" for k, v in result["sets"].items()), flush=True)
     return result
 
@@ -85,7 +96,8 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
             table[s][name] = {"mean_return": ret[0], "std_return": ret[1], "success_rate": suc[0], "std_success": suc[1]}
     command = " ".join(["python benchmarks/bench_strategies.py", f"--env {args.env}", "--seeds", *map(str, args.seeds),
                         f"--timesteps {args.timesteps}", f"--episodes {args.episodes}", f"--workers {args.workers}",
-                        *([f"--only {args.only}"] if args.only else []), *([f"--name {args.name}"] if args.name else [])])
+                        *([f"--only {args.only}"] if args.only else []), *([f"--name {args.name}"] if args.name else []),
+                        *(["--merge", *args.merge] if args.merge else [])])
     data = {"command": command, "env": args.env, "experiments": pair, "seeds": args.seeds, "timesteps": args.timesteps,
             "episodes_per_set": args.episodes, "machine": m, "wall_seconds": round(seconds, 1), "summary": table,
             "training_box": box, "runs": runs}
@@ -119,6 +131,19 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
                          " | ".join(f"[{r['ranges'][name][0]:.3g}, {r['ranges'][name][1]:.3g}]" for r in adr) + " |")
         lines.append("| entropy (nats/dim) | | " + " | ".join(f"{r['entropy_per_dim']:.2f} ({r['point_dims']} points)" for r in adr) + " |")
         lines.append("| expansions | | " + " | ".join(str(r["expansions"]) for r in adr) + " |")
+    active = [r for r in runs if r["strategy"] == "active"]
+    if active:
+        lines += ["", "Active DR: reference-env steps (run on the reference env, not trained on) and where the "
+                  "particles ended (mean, min and max over particles):", "",
+                  "| parameter | uniform box | " + " | ".join(f"seed {r['seed']}" for r in active) + " |",
+                  "|---|---|" + "---|" * len(active)]
+        for name in active[0]["particles"]:
+            lines.append(f"| {name} | {box['params'].get(name, 'nominal')} | " + " | ".join(
+                f"{statistics.fmean(r['particles'][name]):.3g} [{min(r['particles'][name]):.3g}, {max(r['particles'][name]):.3g}]"
+                for r in active) + " |")
+        lines.append("| reference steps | | " + " | ".join(f"{r['reference_steps']:,} ({r['reference_steps'] / r['timesteps']:.1%})"
+                                                     for r in active) + " |")
+        lines.append("| rounds | | " + " | ".join(str(r["rounds"]) for r in active) + " |")
     lines += ["", "Per run:", "", "| strategy | seed | train s | " + " | ".join(sets) + " |", "|---|---:|---:|" + "---:|" * len(sets)]
     for r in runs:
         lines.append(f"| {r['strategy']} | {r['seed']} | {r['train_seconds']:.0f} | " +
@@ -126,26 +151,7 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
     return data, "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", choices=list(PAIRS), default="inverted_pendulum")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--timesteps", type=int, default=300_000)
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
-    parser.add_argument("--only", choices=["uniform", "automatic"], help="run one strategy only")
-    parser.add_argument("--name", help="results file stem (default strategies_<env>)")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the runs of the existing results file (same experiments and budget) and run only new seeds")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    import rlsim2real as rs
-
-    pair = {k: v for k, v in PAIRS[args.env].items() if args.only in (None, k)}
-    spec = rs.load_env_spec(args.env)
-    box = {"params": {p.name: f"[{p.low:g}, {p.high:g}]" for p in spec.params},
-           "sets": {n: ", ".join(f"{k}={v:g}" for k, v in values.items()) for n, values in spec.real_sets.items()}}
-    stem = args.name or f"strategies_{args.env}"
+def train_all(args: argparse.Namespace, pair: dict, stem: str) -> tuple[list[dict], float]:
     earlier: list[dict] = []
     previous = ROOT / "benchmarks" / "results" / f"{stem}.json"
     if args.append and previous.is_file():
@@ -161,7 +167,55 @@ def main() -> None:
         futures = [pool.submit(run_one, s, e, seed, args.timesteps, args.episodes, Path(tmp)) for s, e, seed in jobs]
         runs = earlier + [f.result() for f in futures]
     runs.sort(key=lambda r: (r["seed"], list(pair).index(r["strategy"])))
-    seconds = time.time() - start + getattr(args, "wall_before", 0.0)
+    return runs, time.time() - start + getattr(args, "wall_before", 0.0)
+
+
+def merged(args: argparse.Namespace) -> tuple[list[dict], dict, float]:
+    """Runs, experiments and wall time of several results files of one env and budget."""
+    runs: list[dict] = []
+    pair: dict[str, str] = {}
+    seconds = 0.0
+    for stem in args.merge:
+        data = json.loads((ROOT / "benchmarks" / "results" / f"{stem}.json").read_text())
+        if data["env"] != args.env or data["timesteps"] != args.timesteps or data["episodes_per_set"] != args.episodes:
+            raise SystemExit(f"{stem}: made for another env or budget; cannot merge")
+        for strategy, experiment in data["experiments"].items():
+            if pair.setdefault(strategy, experiment) != experiment:
+                raise SystemExit(f"{stem}: {strategy} ran {experiment}, not {pair[strategy]}; cannot merge")
+        runs += [r for r in data["runs"] if r["seed"] in args.seeds]
+        seconds += data.get("wall_seconds", 0.0)
+    order = [s for s in PAIRS[args.env] if s in pair]
+    pair = {s: pair[s] for s in order}
+    runs.sort(key=lambda r: (r["seed"], order.index(r["strategy"])))
+    return runs, pair, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=list(PAIRS), default="inverted_pendulum")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--timesteps", type=int, default=300_000)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
+    parser.add_argument("--only", choices=["uniform", "automatic", "active"], help="run one strategy only")
+    parser.add_argument("--merge", nargs="+", metavar="STEM",
+                        help="train nothing: join these results files (benchmarks/results/<STEM>.json) into one report")
+    parser.add_argument("--name", help="results file stem (default strategies_<env>)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs of the existing results file (same experiments and budget) and run only new seeds")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    import rlsim2real as rs
+
+    pair = {k: v for k, v in PAIRS[args.env].items() if args.only in (None, k)}
+    spec = rs.load_env_spec(args.env)
+    box = {"params": {p.name: f"[{p.low:g}, {p.high:g}]" for p in spec.params},
+           "sets": {n: ", ".join(f"{k}={v:g}" for k, v in values.items()) for n, values in spec.real_sets.items()}}
+    stem = args.name or f"strategies_{args.env}"
+    if args.merge:
+        runs, pair, seconds = merged(args)
+    else:
+        runs, seconds = train_all(args, pair, stem)
     data, md = report(args, runs, pair, box, machine(), seconds)
     print(md)
     if not args.no_write:
