@@ -228,3 +228,80 @@ def bind(model: mujoco.MjModel, param: Param, where: str | None = None) -> Bound
     for value in (*param.range, *(param.limits or ())):
         bound.check_value(value, where)
     return bound
+
+
+class ModelWriter:
+    """Write parameter vectors into MjModels through :func:`bind`'s bindings.
+
+    The same rules as :class:`~rlsim2real.wrappers.DynamicsRandomization`: every write
+    starts from the nominal values cached here (nothing compounds), terms apply in order
+    (a later term wins where two overlap), a body's inertia follows its mass, and
+    ``mj_setConst`` runs after fields that derived constants depend on. Unlike the wrapper
+    it writes any model of the same structure, so a batch of model copies (one per
+    candidate of a system-identification search) shares one set of bindings.
+
+    Args:
+        model: The nominal model the bindings resolve against.
+        params: Terms whose targets are model fields (``body_mass[torso]``, ...).
+
+    Raises:
+        SpecError: on a term that is not a model field, or what :func:`bind` refuses.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> m = gym.make("InvertedPendulum-v5").unwrapped.model
+        >>> writer = ModelWriter(m, [Param("pole_mass", "body_mass[pole]", (0.5, 2.0))])
+        >>> copy = writer.copy_model()
+        >>> writer.write(copy, [2.0])
+        >>> float(copy.body_mass[2] / m.body_mass[2]), float(copy.body_inertia[2, 0] / m.body_inertia[2, 0])
+        (2.0, 2.0)
+    """
+
+    def __init__(self, model: mujoco.MjModel, params) -> None:
+        params = list(params)
+        for p in params:
+            if p.parsed.kind != "model":
+                raise SpecError(f"param {p.name!r}: target {p.target!r} is not an MjModel field")
+        self.bound = [bind(model, p) for p in params]
+        fields = {b.field for b in self.bound}
+        if "body_mass" in fields:
+            fields.add("body_inertia")
+        self._nominal_model = model
+        self.nominal = {f: np.array(field_array(model, f), copy=True) for f in sorted(fields)}
+        self.needs_const = any(FIELDS[f].set_const for f in fields)
+
+    def copy_model(self) -> mujoco.MjModel:
+        """A copy of the nominal model (write candidates into copies, never the original)."""
+        return copy_model(self._nominal_model)
+
+    def write(self, model: mujoco.MjModel, values, data: mujoco.MjData | None = None) -> None:
+        """Rebuild every bound field of ``model`` from nominal with ``values`` applied.
+
+        Args:
+            model: A model with the nominal model's structure.
+            values: One value per term, in the terms' own units, shape (n_params,).
+            data: Scratch data for ``mj_setConst`` (made when needed and not given).
+        """
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.shape[0] != len(self.bound):
+            raise ValueError(f"expected {len(self.bound)} values, got {values.shape[0]}")
+        arrays = {f: self.nominal[f].copy() for f in self.nominal}
+        for b, v in zip(self.bound, values):
+            arrays[b.field][b.index] = apply_mode(b.param.mode, b.nominal, float(v))
+        if "body_mass" in arrays:
+            # Inertia follows mass (on top of any inertia term), as in the wrapper.
+            nominal_mass = self.nominal["body_mass"]
+            positive = nominal_mass > 0
+            ratio = np.where(positive, arrays["body_mass"] / np.where(positive, nominal_mass, 1.0), 1.0)
+            arrays["body_inertia"] = arrays["body_inertia"] * ratio[:, None]
+        for f, arr in arrays.items():
+            write_field(model, f, arr)
+        if self.needs_const:
+            mujoco.mj_setConst(model, data if data is not None else mujoco.MjData(model))
+
+
+def copy_model(model: mujoco.MjModel) -> mujoco.MjModel:
+    """A deep copy of ``model``."""
+    import copy
+
+    return copy.deepcopy(model)

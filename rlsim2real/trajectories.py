@@ -27,7 +27,7 @@ import numpy as np
 from rlsim2real.io import atomic_write
 from rlsim2real.params import SpecError
 
-_ARRAYS = ("obs", "actions", "rewards", "qpos", "qvel")
+_ARRAYS = ("obs", "actions", "rewards", "qpos", "qvel", "dones")
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Trajectories:
         qpos: Simulator positions before each action, shape (T, nq), or ``None``.
         qvel: Simulator velocities before each action, shape (T, nv), or ``None``.
         params: Per-episode parameter values the episodes ran on (may be empty).
+        dones: Whether the episode ended after each step, shape (T,), or ``None``.
+        metadata: What a log says about itself (``env``, ``set``, ``params``, ...), JSON.
     """
 
     obs: np.ndarray
@@ -51,6 +53,8 @@ class Trajectories:
     qpos: np.ndarray | None = None
     qvel: np.ndarray | None = None
     params: list[dict[str, float]] = field(default_factory=list)
+    dones: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate("trajectories")
@@ -90,6 +94,8 @@ class Trajectories:
         arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
         arrays["lengths"] = self.lengths
         arrays["params"] = np.array(json.dumps(self.params))
+        if self.metadata:
+            arrays["metadata"] = np.array(json.dumps(self.metadata))
         return atomic_write(path, lambda p: _savez(p, arrays), suffix=".npz")
 
 
@@ -102,8 +108,10 @@ def load_trajectories(path: str | os.PathLike) -> Trajectories:
     """Load a file written by :meth:`Trajectories.save` (or any ``.npz`` with those arrays).
 
     Required arrays: ``obs`` (T, *obs_shape), ``actions`` (T, ...), ``rewards`` (T,);
-    ``lengths`` (one episode if absent); optional ``qpos`` (T, nq), ``qvel`` (T, nv),
-    ``params`` (a JSON list of one ``{name: value}`` table per episode).
+    ``lengths`` (if absent: episodes end after each true ``dones`` entry, else one episode);
+    optional ``qpos`` (T, nq), ``qvel`` (T, nv), ``dones`` (T,), ``params`` (a JSON list of
+    one ``{name: value}`` table per episode), ``metadata`` (a JSON object: ``env``, ``set``,
+    ``params``, whatever the logger knows).
 
     Raises:
         SpecError: in one line naming the file, on a missing, empty, truncated or corrupt
@@ -134,13 +142,22 @@ def load_trajectories(path: str | os.PathLike) -> Trajectories:
     _check_arrays(arrays, where)
     if len(arrays["obs"]) == 0:
         raise SpecError(f"{where}: the file holds no steps")
-    lengths = arrays.get("lengths", np.array([len(arrays["obs"])]))
+    dones = arrays["dones"].reshape(-1).astype(bool) if "dones" in arrays else None
+    if "lengths" in arrays:
+        lengths = arrays["lengths"]
+    elif dones is not None and len(dones) == len(arrays["obs"]):
+        ends = np.flatnonzero(dones[:-1]) + 1
+        lengths = np.diff(np.concatenate([[0], ends, [len(dones)]]))
+    else:
+        lengths = np.array([len(arrays["obs"])])
     params = _load_params(arrays["params"], where) if "params" in arrays else []
+    metadata = _load_metadata(arrays["metadata"], where) if "metadata" in arrays else {}
     try:
         return Trajectories(
             obs=arrays["obs"], actions=arrays["actions"], rewards=arrays["rewards"].reshape(-1),
             lengths=np.asarray(lengths, dtype=np.int64).reshape(-1),
-            qpos=arrays.get("qpos"), qvel=arrays.get("qvel"), params=params,
+            qpos=arrays.get("qpos"), qvel=arrays.get("qvel"), params=params, dones=dones,
+            metadata=metadata,
         )
     except SpecError as exc:
         raise SpecError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
@@ -154,6 +171,7 @@ _SHAPES = {
     "lengths": (0, 1, "(n_episodes,)"),
     "qpos": (2, 2, "(T, nq)"),
     "qvel": (2, 2, "(T, nv)"),
+    "dones": (1, 1, "(T,)"),
 }
 
 
@@ -187,6 +205,18 @@ def _load_params(raw: np.ndarray, where: str) -> list[dict[str, float]]:
     ):
         raise SpecError(f"{where}: 'params' must be a JSON list of {{name: number}} tables, one per episode")
     return params
+
+
+def _load_metadata(raw: np.ndarray, where: str) -> dict[str, Any]:
+    if raw.dtype.kind not in "US" or raw.ndim != 0:
+        raise SpecError(f"{where}: 'metadata' is a {raw.dtype} array of shape {raw.shape}; expected one JSON string")
+    try:
+        metadata = json.loads(str(raw))
+    except ValueError as exc:
+        raise SpecError(f"{where}: 'metadata' is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise SpecError(f"{where}: 'metadata' must be a JSON object, got {type(metadata).__name__}")
+    return metadata
 
 
 def _reason(exc: BaseException) -> str:
