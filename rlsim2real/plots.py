@@ -125,3 +125,69 @@ def plot_particles(
         return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=90), suffix=".png")
     finally:
         plt.close(fig)
+
+
+def plot_fit(
+    path: str | os.PathLike,
+    names: Sequence[str],
+    fit,
+    prior_unit: np.ndarray,
+    limit_unit: np.ndarray,
+    to_values,
+    truth: np.ndarray | None = None,
+) -> Path:
+    """Draw each fitted marginal against its prior box (and the truth when known).
+
+    Args:
+        path: Where the PNG goes (written atomically).
+        names: Parameter names, one panel each.
+        fit: The fitted :class:`~rlsim2real.sysid.fit.Gaussian` over normalized parameters.
+        prior_unit: Prior box per parameter, normalized, shape (n, 2).
+        limit_unit: Limits per parameter, normalized, shape (n, 2) (the marginal is truncated there).
+        to_values: Normalized vectors (m, n) -> values in the Params' units.
+        truth: True values, shape (n,), or ``None``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    cols = min(3, max(1, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for i, name in enumerate(names):
+        ax = axes[i // cols][i % cols]
+        lo, hi = limit_unit[i]
+        u = np.linspace(lo, hi, 400)
+        density = np.exp(-0.5 * ((u - fit.mean[i]) / fit.std[i]) ** 2)
+        grid = np.tile(fit.mean, (len(u), 1))
+        grid[:, i] = u
+        x = to_values(grid)[:, i]
+        box = to_values(np.tile(prior_unit[:, 0], (2, 1)))[0, i], to_values(np.tile(prior_unit[:, 1], (2, 1)))[0, i]
+        ax.axvspan(*box, color="0.85", label="prior box")
+        ax.plot(x, density, color="C0", label="fit")
+        ax.fill_between(x, density, color="C0", alpha=0.25)
+        if truth is not None and np.isfinite(truth[i]):
+            ax.axvline(truth[i], color="C3", linestyle="--", label="truth")
+        # Zoom to where the fit and the box are, not the whole limits.
+        span = [min(box[0], x[density > 1e-3].min()), max(box[1], x[density > 1e-3].max())]
+        if truth is not None and np.isfinite(truth[i]):
+            span = [min(span[0], truth[i]), max(span[1], truth[i])]
+        pad = 0.05 * (span[1] - span[0] or 1.0)
+        ax.set_xlim(span[0] - pad, span[1] + pad)
+        ax.set_title(name)
+        ax.set_yticks([])
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper right")
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.tight_layout()
+
+    def save(p: Path) -> None:
+        fig.savefig(p, dpi=100, format="png")
+
+    try:
+        return atomic_write(path, save, suffix=".png")
+    finally:
+        plt.close(fig)

@@ -37,6 +37,7 @@ def discrepancy(
     l2: float = 1.0,
     smooth: float = 0.0,
     weights: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weighted, normalized L1 + L2 discrepancy of simulated against real observations.
 
@@ -52,6 +53,8 @@ def discrepancy(
         l2: Weight of the L2 term.
         smooth: Gaussian smoothing along the k steps, in steps (0: none).
         weights: Per-dimension weights, shape (obs_dim,) (default 1).
+        mask: Which steps count, shape (..., k) broadcast like the leading axes (default all);
+            the means run over the steps that count.
 
     Returns:
         The discrepancy per leading index, shape ``broadcast(real, sim).shape[:-2]``.
@@ -77,9 +80,13 @@ def discrepancy(
     if scale is not None:
         diff = diff / scale
     w = np.ones(diff.shape[-1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if mask is None:
+        mask = np.ones(diff.shape[-2])
+    mask = np.broadcast_to(np.asarray(mask, dtype=np.float64), diff.shape[:-1])
+    steps = np.maximum(mask.sum(axis=-1), 1.0)
     out = np.zeros(diff.shape[:-2])
     if l1:
-        out = out + l1 * np.mean(np.sum(w * np.abs(diff), axis=-1), axis=-1)
+        out = out + l1 * np.sum(mask * np.sum(w * np.abs(diff), axis=-1), axis=-1) / steps
     if l2:
-        out = out + l2 * np.mean(np.sqrt(np.sum(w * diff**2, axis=-1)), axis=-1)
+        out = out + l2 * np.sum(mask * np.sqrt(np.sum(w * diff**2, axis=-1)), axis=-1) / steps
     return out

@@ -1,0 +1,196 @@
+"""Fit a log: build the simulator and objective for a :class:`SysIdProblem`, run CMA-ES,
+and report the fit as a table, ``FIT.json`` and ``FIT.png``.
+
+Example:
+    >>> import rlsim2real as rs, tempfile, os
+    >>> real = rs.make_real_env("inverted_pendulum", "heavy_pole", seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "real.npz")
+    >>> _ = rs.collect_trajectories(real, policy=None, episodes=5, seed=0).save(path)
+    >>> problem = SysIdProblem.build("inverted_pendulum", path, params=["pole_mass"], truth="heavy_pole")
+    >>> result = identify(problem, objective="discrepancy", budget=120, seed=0, nthread=0)
+    >>> abs(result.mean[0] - 2.0) < 0.1
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlsim2real.io import write_json
+from rlsim2real.sysid.fit import CMAFitter, Gaussian, Generation, Objective
+from rlsim2real.sysid.problem import SysIdProblem
+from rlsim2real.sysid.simulate import BatchSimulator
+
+
+@dataclass
+class SysIdResult:
+    """A fitted distribution, in the Params' units and normalized.
+
+    Attributes:
+        names: Parameter names, shape (n,).
+        mean: Fitted means in the Params' units, shape (n,).
+        std: Fitted stds in the Params' units (half the image of mean ± std), shape (n,).
+        fit: The fitted Gaussian, normalized.
+        prior: Each parameter's prior range (the spec's training range), shape (n, 2).
+        limits: Each parameter's limits, shape (n, 2).
+        truth: True values, shape (n,), or ``None``.
+        history: One record per CMA-ES generation.
+        info: What ran: env, log, mode, objective, budget, seed, windows, wall time.
+    """
+
+    names: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    fit: Gaussian
+    prior: np.ndarray
+    limits: np.ndarray
+    truth: np.ndarray | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relative_error(self) -> np.ndarray | None:
+        """|mean - truth| / |truth| per parameter (``None`` without a truth)."""
+        if self.truth is None:
+            return None
+        return np.abs(self.mean - self.truth) / np.maximum(np.abs(self.truth), 1e-12)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{name: {mean, std, normalized_mean, normalized_std, prior, limits[, truth, relative_error]}}``."""
+        out = {}
+        rel = self.relative_error
+        for i, name in enumerate(self.names):
+            entry = {
+                "mean": float(self.mean[i]), "std": float(self.std[i]),
+                "normalized_mean": float(self.fit.mean[i]), "normalized_std": float(self.fit.std[i]),
+                "prior": self.prior[i].tolist(), "limits": self.limits[i].tolist(),
+            }
+            if self.truth is not None:
+                entry["truth"] = float(self.truth[i])
+                entry["relative_error"] = float(rel[i])
+            out[name] = entry
+        return out
+
+    def table(self) -> str:
+        """Mean ± std per parameter with the prior range (and truth, relative error)."""
+        wn = max(len(n) for n in self.names) + 2
+        head = f"{'parameter':<{wn}}{'prior':<18}{'fit (mean ± std)':<24}"
+        if self.truth is not None:
+            head += f"{'truth':<10}{'rel. error':>10}"
+        lines = [head, "-" * len(head)]
+        rel = self.relative_error
+        for i, name in enumerate(self.names):
+            prior = f"[{self.prior[i, 0]:.4g}, {self.prior[i, 1]:.4g}]"
+            row = f"{name:<{wn}}{prior:<18}{f'{self.mean[i]:.4g} ± {self.std[i]:.3g}':<24}"
+            if self.truth is not None:
+                row += f"{self.truth[i]:<10.4g}{100 * rel[i]:>9.2f}%"
+            lines.append(row)
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> dict[str, Path]:
+        """Write ``path`` (the fit), ``<stem>.run.json`` (what ran, per-generation progress)
+        and ``<stem>.png`` (the marginals)."""
+        from rlsim2real.plots import plot_fit
+
+        path = Path(path)
+        run = path.with_name(path.stem + ".run.json")
+        png = path.with_suffix(".png")
+        write_json(run, {**self.info, "history": self.history})
+        plot_fit(png, self.names, self.fit, self.prior_unit, self.limit_unit, self.to_values,
+                 self.truth)
+        write_json(path, self.to_dict())
+        return {"fit": path, "run": run, "plot": png}
+
+    # Set by identify(): normalized prior/limits and the map back to units, for the plot.
+    prior_unit: np.ndarray | None = None
+    limit_unit: np.ndarray | None = None
+    to_values: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def identify(
+    problem: SysIdProblem,
+    objective: str | None = None,
+    budget: int = 300,
+    seed: int = 0,
+    samples: int = 10,
+    nthread: int | None = None,
+    policy: Any = None,
+    popsize: int | None = None,
+    previous: Gaussian | None = None,
+    kl_weight: float = 0.0,
+    smooth: float = 0.0,
+    progress: Callable[[Generation], None] | None = None,
+) -> SysIdResult:
+    """Fit the problem's parameters with CMA-ES.
+
+    Args:
+        problem: A checked log and its windows.
+        objective: ``"likelihood"`` (DROPO) or ``"discrepancy"`` (SimOpt); default
+            likelihood for replay, discrepancy for closed loop.
+        budget: Candidate distributions evaluated (rounded up to whole generations).
+        seed: Seeds CMA-ES and the common draws.
+        samples: Parameter draws per candidate distribution.
+        nthread: Rollout threads (default: every CPU).
+        policy: The policy for closed-loop mode.
+        popsize: CMA-ES candidates per generation.
+        previous: A previous distribution for the KL penalty.
+        kl_weight: Weight of the KL penalty.
+        smooth: Gaussian smoothing of the discrepancy, in steps.
+        progress: Called after every generation.
+
+    Returns:
+        The fit.
+    """
+    objective = objective or ("likelihood" if problem.mode == "replay" else "discrepancy")
+    if problem.mode == "closed-loop" and policy is None:
+        raise ValueError("closed-loop sysid needs a policy")
+    space = problem.space
+    simulator = BatchSimulator(problem.model, problem.writer, problem.state_map, problem.frame_skip, nthread)
+    low, high = problem.low, problem.high
+    score = Objective(
+        simulator, problem.windows, space.from_normalized, low, high, problem.scale, kind=objective,
+        samples=samples, seed=seed, policy=policy, previous=previous, kl_weight=kl_weight, smooth=smooth,
+    )
+    fitter = CMAFitter(score, low, high, initial=previous, seed=seed, popsize=popsize)
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+
+    def record(gen: Generation) -> None:
+        history.append({
+            "generation": gen.generation, "evaluations": gen.evaluations, "best_loss": gen.best_loss,
+            "median_loss": gen.median_loss, "wall_s": time.perf_counter() - started,
+        })
+        if progress is not None:
+            progress(gen)
+
+    try:
+        best = fitter.run(budget, record)
+    finally:
+        simulator.close()
+    wall = time.perf_counter() - started
+    mean = space.from_normalized(best.mean)
+    std = 0.5 * np.abs(space.from_normalized(best.mean + best.std) - space.from_normalized(best.mean - best.std))
+    n_sim = int(problem.windows.mask.size)
+    info = {
+        "env": problem.spec.name, "trajectories": str(problem.log_path), "mode": problem.mode,
+        "objective": objective, "budget": budget, "seed": seed, "samples": samples,
+        "windows": int(len(problem.windows.qpos)), "steps_per_window": int(problem.windows.target.shape[1]),
+        "skipped_starts": problem.skipped, "truth_set": problem.truth_name,
+        "generations": fitter.generation, "evaluations": fitter.evaluations, "wall_s": wall,
+        "simulated_env_steps": int(fitter.evaluations * samples * n_sim),
+    }
+    return SysIdResult(
+        names=list(space.names), mean=mean, std=std, fit=best,
+        prior=np.stack([space.low, space.high], axis=1),
+        limits=np.stack([space.from_normalized(low), space.from_normalized(high)], axis=1),
+        truth=problem.truth, history=history, info=info,
+        prior_unit=np.stack([np.zeros(len(low)), np.ones(len(low))], axis=1),
+        limit_unit=np.stack([low, high], axis=1), to_values=space.from_normalized,
+    )
