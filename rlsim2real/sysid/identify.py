@@ -8,7 +8,7 @@ Example:
     >>> _ = rs.collect_trajectories(real, policy=None, episodes=5, seed=0).save(path)
     >>> problem = SysIdProblem.build("inverted_pendulum", path, params=["pole_mass"], truth="heavy_pole")
     >>> result = identify(problem, objective="discrepancy", budget=120, seed=0, nthread=0)
-    >>> abs(result.mean[0] - 2.0) < 0.1
+    >>> bool(abs(result.mean[0] - 2.0) < 0.1)
     True
 """
 
