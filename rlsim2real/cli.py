@@ -1,4 +1,4 @@
-"""The ``rlsim2real`` command line: ``envs``, ``train``, ``evaluate``.
+"""The ``rlsim2real`` command line: ``envs``, ``train``, ``evaluate``, ``sysid``.
 
 Bad input (a spec error, an unknown set, a missing run, a bad option) prints one line
 naming the place and what was expected, and exits with status 2.
@@ -78,6 +78,61 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sysid(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rlsim2real.sysid import SysIdProblem, identify
+
+    out = Path(args.out) if args.out else Path(args.trajectories).with_suffix(".fit.json")
+    if out.suffix != ".json":
+        raise SpecError(f"--out: {out}: expected a .json file name")
+    if out.exists() and not args.overwrite:
+        raise SpecError(f"--out: {out} exists; choose another name or pass --overwrite")
+    if args.budget < 1:
+        raise SpecError(f"--budget: expected at least 1 candidate evaluation, got {args.budget}")
+    if args.samples < 2 and args.objective != "discrepancy":
+        raise SpecError(f"--samples: the likelihood needs at least 2 draws per candidate, got {args.samples}")
+    if args.mode == "closed-loop" and not args.run:
+        raise SpecError("--mode closed-loop: needs --run RUN_DIR, the policy that acted in the log")
+    if args.run and args.mode != "closed-loop":
+        raise SpecError("--run: the policy is used only with --mode closed-loop")
+    params = [s.strip() for s in args.params.split(",") if s.strip()] if args.params else None
+    problem = SysIdProblem.build(
+        args.env, args.trajectories, params=params, mode=args.mode, steps=args.steps, truth=args.truth,
+        horizon=args.horizon,
+    )
+    policy = None
+    if args.run:
+        from rlsim2real.evaluation import RunPolicy
+
+        policy = RunPolicy.from_run(args.run)
+    w = problem.windows
+    print(
+        f"sysid: {problem.spec.name}, {len(problem.space)} parameters, {problem.mode} on {len(w.qpos)} windows "
+        f"of {w.target.shape[1]} step(s) from {problem.log_path} ({problem.log.n_episodes} episodes, "
+        f"{len(problem.log.obs)} steps; {problem.skipped} starts skipped)",
+        flush=True,
+    )
+    started = time.perf_counter()
+
+    def progress(gen) -> None:
+        print(
+            f"sysid/generation {gen.generation:>3}  evaluations {gen.evaluations:>5}  best {gen.best_loss:.5g}  "
+            f"median {gen.median_loss:.5g}  {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
+
+    result = identify(
+        problem, objective=args.objective, budget=args.budget, seed=args.seed, samples=args.samples,
+        nthread=args.threads, policy=policy, progress=progress,
+    )
+    print(result.table())
+    saved = result.save(out)
+    print(f"wrote {', '.join(str(p) for p in saved.values())}")
+    return 0
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Reports a bad option in one line (``-h`` still shows the usage), exit status 2."""
 
@@ -123,6 +178,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("sysid", help="fit the spec's parameters to a real log with CMA-ES (SimOpt / DROPO)")
+    p.add_argument("--env", required=True, help="env spec name or .toml path")
+    p.add_argument("--trajectories", required=True, metavar="FILE.npz", help="the real log (see docs/sysid.md)")
+    p.add_argument("--params", help="comma-separated parameters to fit (default: the spec's training box)")
+    p.add_argument("--mode", choices=["replay", "closed-loop"], default="replay",
+                   help="replay: reset to each real state, replay the real actions (default); "
+                        "closed-loop: run the policy of --run from each episode's first state")
+    p.add_argument("--run", metavar="RUN_DIR", help="the run whose policy acted in the log (closed-loop mode)")
+    p.add_argument("--objective", choices=["likelihood", "discrepancy"],
+                   help="likelihood (DROPO) or discrepancy (SimOpt); default likelihood for replay, "
+                        "discrepancy for closed loop")
+    p.add_argument("--budget", type=int, default=300, help="candidate distributions to evaluate (default 300)")
+    p.add_argument("--steps", type=int, default=1, help="replay window, env steps (default 1)")
+    p.add_argument("--horizon", type=int, default=100, help="closed-loop steps per episode at most (default 100)")
+    p.add_argument("--samples", type=int, default=10, help="parameter draws per candidate (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of CMA-ES and the draws (default 0)")
+    p.add_argument("--threads", type=int, help="rollout threads (default: every CPU)")
+    p.add_argument("--out", metavar="FIT.json", help="the fit (default FILE.fit.json); FIT.png beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--truth", metavar="SET", help="a real set of the spec with the true values, to report errors")
+    p.set_defaults(func=_cmd_sysid)
     return parser
 
 
