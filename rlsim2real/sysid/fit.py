@@ -189,7 +189,7 @@ class CMAFitter:
 
     def __init__(
         self, objective: Callable[[list[Gaussian]], np.ndarray], low: np.ndarray, high: np.ndarray,
-        initial: Gaussian | None = None, seed: int = 0, sigma0: float = 0.25, popsize: int | None = None,
+        initial: Gaussian | None = None, seed: int = 0, sigma0: float = 0.5, popsize: int | None = None,
         std_bounds: tuple[float, float] = (1e-3, 0.5),
     ) -> None:
         import cma

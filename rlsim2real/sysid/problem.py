@@ -116,15 +116,15 @@ class SysIdProblem:
         finally:
             base.close()
         unwrapped = base.unwrapped
+        if smap is None:
+            raise SpecError(
+                f"{spec.source}: env {spec.env_id or spec.entry_point} has no observation function "
+                f"(define obs_from_state on {type(unwrapped).__name__}) to compare simulated with real observations"
+            )
         writer = ModelWriter(unwrapped.model, space)
         if mode == "replay":
             windows, skipped = _replay_windows(log, qpos, qvel, known, steps, path, max_windows)
         else:
-            if smap is None:
-                raise SpecError(
-                    f"{spec.source}: env {spec.env_id or spec.entry_point} has no observation function "
-                    "(obs_from_state) to simulate its observations in closed loop"
-                )
             windows, skipped = _closed_loop_windows(log, qpos, qvel, known, horizon, path)
         return cls(
             spec=spec, space=space, log=log, log_path=path, mode=mode, windows=windows,
