@@ -91,7 +91,7 @@ def _cmd_sysid(args: argparse.Namespace) -> int:
         raise SpecError(f"--out: {out} exists; choose another name or pass --overwrite")
     if args.budget < 1:
         raise SpecError(f"--budget: expected at least 1 candidate evaluation, got {args.budget}")
-    if args.samples < 2 and args.objective != "discrepancy":
+    if args.samples is not None and args.samples < 2 and args.objective == "likelihood":
         raise SpecError(f"--samples: the likelihood needs at least 2 draws per candidate, got {args.samples}")
     if args.mode == "closed-loop" and not args.run:
         raise SpecError("--mode closed-loop: needs --run RUN_DIR, the policy that acted in the log")
@@ -188,12 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "closed-loop: run the policy of --run from each episode's first state")
     p.add_argument("--run", metavar="RUN_DIR", help="the run whose policy acted in the log (closed-loop mode)")
     p.add_argument("--objective", choices=["likelihood", "discrepancy"],
-                   help="likelihood (DROPO) or discrepancy (SimOpt); default likelihood for replay, "
-                        "discrepancy for closed loop")
-    p.add_argument("--budget", type=int, default=300, help="candidate distributions to evaluate (default 300)")
+                   help="discrepancy (SimOpt; default: a point fit of the mean) or likelihood "
+                        "(DROPO: fits mean and std)")
+    p.add_argument("--budget", type=int, default=1000, help="candidates to evaluate (default 1000)")
     p.add_argument("--steps", type=int, default=1, help="replay window, env steps (default 1)")
     p.add_argument("--horizon", type=int, default=100, help="closed-loop steps per episode at most (default 100)")
-    p.add_argument("--samples", type=int, default=10, help="parameter draws per candidate (default 10)")
+    p.add_argument("--samples", type=int,
+                   help="parameter draws per candidate (default 10 for the likelihood, 1 for a point fit)")
     p.add_argument("--seed", type=int, default=0, help="seed of CMA-ES and the draws (default 0)")
     p.add_argument("--threads", type=int, help="rollout threads (default: every CPU)")
     p.add_argument("--out", metavar="FIT.json", help="the fit (default FILE.fit.json); FIT.png beside it")

@@ -185,25 +185,34 @@ class CMAFitter:
         sigma0: CMA-ES's initial step size in normalized units (log std moves 4x as far).
         popsize: Candidates per generation (default CMA-ES's ``4 + 3 ln(2n)``).
         std_bounds: Range of the fitted std, normalized.
+        fit_std: Search the std too; ``False`` searches the mean alone (every candidate at
+            the std floor, a point estimate: half the dimensions, one draw suffices), and
+            :attr:`best` reports CMA-ES's own per-coordinate spread as the std.
     """
 
     def __init__(
         self, objective: Callable[[list[Gaussian]], np.ndarray], low: np.ndarray, high: np.ndarray,
         initial: Gaussian | None = None, seed: int = 0, sigma0: float = 0.5, popsize: int | None = None,
-        std_bounds: tuple[float, float] = (1e-3, 0.5),
+        std_bounds: tuple[float, float] = (1e-3, 0.5), fit_std: bool = True,
     ) -> None:
         import cma
 
         n = len(low)
         self.n = n
         self.objective = objective
+        self.fit_std = fit_std
+        self.std_floor = std_bounds[0]
         initial = initial or Gaussian(np.clip(np.full(n, 0.5), low, high), np.full(n, 0.25))
-        x0 = np.concatenate([initial.mean, np.log(np.clip(initial.std, *std_bounds))])
-        lower = np.concatenate([low, np.full(n, np.log(std_bounds[0]))])
-        upper = np.concatenate([high, np.full(n, np.log(std_bounds[1]))])
+        if fit_std:
+            x0 = np.concatenate([initial.mean, np.log(np.clip(initial.std, *std_bounds))])
+            lower = np.concatenate([low, np.full(n, np.log(std_bounds[0]))])
+            upper = np.concatenate([high, np.full(n, np.log(std_bounds[1]))])
+            stds = [1.0] * n + [4.0] * n
+        else:
+            x0, lower, upper, stds = np.asarray(initial.mean, dtype=np.float64), low, high, [1.0] * n
         options = {
             "seed": np.nan, "randn": _Randn(seed), "bounds": [lower.tolist(), upper.tolist()],
-            "CMA_stds": [1.0] * n + [4.0] * n, "verbose": -9, "verb_log": 0, "verb_disp": 0,
+            "CMA_stds": stds, "verbose": -9, "verb_log": 0, "verb_disp": 0,
             "tolfun": 0, "tolx": 0, "tolfunhist": 0, "tolstagnation": 1e9, "tolflatfitness": 1e9,
         }
         if popsize:
@@ -216,11 +225,17 @@ class CMAFitter:
 
     def _gaussian(self, x: np.ndarray) -> Gaussian:
         x = np.asarray(x, dtype=np.float64)
+        if not self.fit_std:
+            return Gaussian(x, np.full(self.n, self.std_floor))
         return Gaussian(x[: self.n], np.exp(x[self.n :]))
 
     @property
     def best(self) -> Gaussian:
-        return self._gaussian(self.best_x)
+        """The best candidate so far (with CMA-ES's spread as std when the std is not searched)."""
+        if self.fit_std:
+            return self._gaussian(self.best_x)
+        spread = self.es.sigma * np.asarray(self.es.sigma_vec.scaling) * np.sqrt(np.diag(self.es.C))
+        return Gaussian(np.asarray(self.best_x, dtype=np.float64), np.maximum(spread, self.std_floor))
 
     def step(self) -> Generation:
         """Ask, score and tell one generation."""

@@ -7,7 +7,7 @@ Example:
     >>> path = os.path.join(tempfile.mkdtemp(), "real.npz")
     >>> _ = rs.collect_trajectories(real, policy=None, episodes=5, seed=0).save(path)
     >>> problem = SysIdProblem.build("inverted_pendulum", path, params=["pole_mass"], truth="heavy_pole")
-    >>> result = identify(problem, objective="discrepancy", budget=120, seed=0, nthread=0)
+    >>> result = identify(problem, budget=120, seed=0, nthread=0)
     >>> bool(abs(result.mean[0] - 2.0) < 0.1)
     True
 """
@@ -119,36 +119,44 @@ def identify(
     objective: str | None = None,
     budget: int = 300,
     seed: int = 0,
-    samples: int = 10,
+    samples: int | None = None,
     nthread: int | None = None,
     policy: Any = None,
     popsize: int | None = None,
     previous: Gaussian | None = None,
     kl_weight: float = 0.0,
     smooth: float = 0.0,
+    fit_std: bool | None = None,
     progress: Callable[[Generation], None] | None = None,
 ) -> SysIdResult:
     """Fit the problem's parameters with CMA-ES.
 
     Args:
         problem: A checked log and its windows.
-        objective: ``"likelihood"`` (DROPO) or ``"discrepancy"`` (SimOpt); default
-            likelihood for replay, discrepancy for closed loop.
+        objective: ``"discrepancy"`` (SimOpt, the default) or ``"likelihood"`` (DROPO).
         budget: Candidate distributions evaluated (rounded up to whole generations).
         seed: Seeds CMA-ES and the common draws.
-        samples: Parameter draws per candidate distribution.
+        samples: Parameter draws per candidate distribution (default 10 when the std is
+            searched, else 1).
         nthread: Rollout threads (default: every CPU).
         policy: The policy for closed-loop mode.
         popsize: CMA-ES candidates per generation.
         previous: A previous distribution for the KL penalty.
         kl_weight: Weight of the KL penalty.
         smooth: Gaussian smoothing of the discrepancy, in steps.
+        fit_std: Search the std as well as the mean (see :class:`CMAFitter`). Default: for
+            the likelihood, or with a KL penalty; the expected discrepancy alone is smallest
+            at a point mass, so it searches the mean and reports CMA-ES's spread as the std.
         progress: Called after every generation.
 
     Returns:
         The fit.
     """
-    objective = objective or ("likelihood" if problem.mode == "replay" else "discrepancy")
+    objective = objective or "discrepancy"
+    if fit_std is None:
+        fit_std = objective == "likelihood" or (previous is not None and kl_weight > 0)
+    if samples is None:
+        samples = 10 if fit_std else 1
     if problem.mode == "closed-loop" and policy is None:
         raise ValueError("closed-loop sysid needs a policy")
     space = problem.space
@@ -158,7 +166,7 @@ def identify(
         simulator, problem.windows, space.from_normalized, low, high, problem.scale, kind=objective,
         samples=samples, seed=seed, policy=policy, previous=previous, kl_weight=kl_weight, smooth=smooth,
     )
-    fitter = CMAFitter(score, low, high, initial=previous, seed=seed, popsize=popsize)
+    fitter = CMAFitter(score, low, high, initial=previous, seed=seed, popsize=popsize, fit_std=fit_std)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
 
@@ -180,7 +188,7 @@ def identify(
     n_sim = int(problem.windows.mask.size)
     info = {
         "env": problem.spec.name, "trajectories": str(problem.log_path), "mode": problem.mode,
-        "objective": objective, "budget": budget, "seed": seed, "samples": samples,
+        "objective": objective, "fit_std": fit_std, "budget": budget, "seed": seed, "samples": samples,
         "windows": int(len(problem.windows.qpos)), "steps_per_window": int(problem.windows.target.shape[1]),
         "skipped_starts": problem.skipped, "truth_set": problem.truth_name,
         "generations": fitter.generation, "evaluations": fitter.evaluations, "wall_s": wall,
