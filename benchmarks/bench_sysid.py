@@ -1,0 +1,228 @@
+"""System identification on Hopper: fit error against a known truth, and evaluation speed.
+
+Logs: ``collect_trajectories`` on ``make_real_env("hopper", truth)`` with a random policy,
+``--episodes`` episodes, saved *without* qpos/qvel (the state is recovered from the
+observations, as for a real robot). Noisy logs add Gaussian noise of ``--noise`` times each
+observation dimension's standard deviation over the log (1%: "1% sensor noise").
+
+Fitted: the four link masses, friction, joint damping and motor strength (the spec's training
+box), state-reset replay of one step, ``rlsim2real.sysid.identify`` with the default objective
+(SimOpt's discrepancy, a point fit of the mean) at ``--budget`` candidate evaluations; the
+DROPO likelihood (mean and std) runs too when ``--likelihood-budget`` is above 0. Truths:
+``in_range`` (inside the prior box) and ``heavy_torso`` (torso 1.6, outside it). Reported: the
+relative error of the fitted mean per parameter, the mean over the four masses, wall time.
+"5 transitions": the same fit from 5 evenly spaced transitions of the noise-free log.
+
+Throughput: one CMA-ES generation's work (``--candidates`` parameter vectors, every window
+of the log) evaluated (A) batched, one ``mujoco.rollout`` call on ``--threads`` threads, and
+(B) by a Python loop over pinned rlsim2real envs (``set_state`` then ``step``); A and B
+alternate over ``--rounds`` rounds, and their observations are checked to agree.
+
+Run:
+    python benchmarks/bench_sysid.py --budget 1500 --seeds 0,1,2 --threads 2
+    python benchmarks/bench_sysid.py --budget 300 --seeds 0 --no-write     # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import rlsim2real as rs  # noqa: E402
+from benchmarks.machine import describe, machine  # noqa: E402
+from rlsim2real.io import write_json, write_text  # noqa: E402
+from rlsim2real.sysid import BatchSimulator, SysIdProblem, identify  # noqa: E402
+
+MASSES = ("torso_mass", "thigh_mass", "leg_mass", "foot_mass")
+TRUTHS = ("in_range", "heavy_torso")
+
+
+def make_log(folder: Path, truth: str, episodes: int, seed: int, noise: float) -> Path:
+    trajs = rs.collect_trajectories(rs.make_real_env("hopper", truth, seed=seed), None, episodes, seed)
+    trajs.qpos = trajs.qvel = None
+    if noise:
+        rng = np.random.default_rng(10_000 + seed)
+        trajs.obs = trajs.obs + rng.normal(size=trajs.obs.shape) * noise * trajs.obs.std(axis=0)
+    trajs.metadata = {"env": "hopper", "set": truth, "noise": noise}
+    return trajs.save(folder / f"{truth}_{seed}_{noise}.npz")
+
+
+def fit(path: Path, truth: str, args, seed: int, case: str, objective: str | None = None, budget: int | None = None,
+        max_windows: int = 256) -> dict:
+    problem = SysIdProblem.build("hopper", path, truth=truth, max_windows=max_windows)
+    result = identify(problem, objective=objective, budget=budget or args.budget, seed=seed, nthread=args.threads)
+    rel = dict(zip(result.names, result.relative_error.tolist()))
+    row = {
+        "case": case, "truth": truth, "seed": seed, "objective": result.info["objective"],
+        "fit_std": result.info["fit_std"], "budget": result.info["budget"], "evaluations": result.info["evaluations"],
+        "windows": result.info["windows"], "wall_s": result.info["wall_s"],
+        "mean_mass_error": float(np.mean([rel[m] for m in MASSES])), "relative_error": rel,
+        "fit": result.to_dict(),
+    }
+    print(f"{case:<28} {truth:<12} seed {seed}  mass error {100 * row['mean_mass_error']:.2f}%  "
+          f"max error {100 * max(rel.values()):.2f}%  {row['wall_s']:.1f}s", flush=True)
+    return row
+
+
+def throughput(path: Path, truth: str, args) -> dict:
+    problem = SysIdProblem.build("hopper", path, truth=truth)
+    w = problem.windows
+    rng = np.random.default_rng(0)
+    unit = rng.uniform(0.2, 0.8, size=(args.candidates, len(problem.space)))
+    values = problem.space.from_normalized(unit)
+    sim = BatchSimulator(problem.model, problem.writer, problem.state_map, problem.frame_skip, args.threads)
+    envs = []
+    for v in values:
+        env = rs.make_real_env("hopper", problem.space.to_dict(v), seed=0)
+        env.reset(seed=0)
+        envs.append(env)
+
+    def batched() -> np.ndarray:
+        return sim.replay(values, w.qpos, w.qvel, w.actions)[:, :, 0]
+
+    def python_loop() -> np.ndarray:
+        out = np.empty((len(envs), len(w.qpos), w.target.shape[-1]))
+        for c, env in enumerate(envs):
+            base = env.unwrapped
+            for i in range(len(w.qpos)):
+                base.set_state(w.qpos[i], w.qvel[i])
+                out[c, i] = env.step(w.actions[i, 0])[0]
+        return out
+
+    agree = float(np.max(np.abs(batched() - python_loop())))
+    rows = {"A_batched_rollout": [], "B_python_loop": []}
+    for _ in range(args.rounds):
+        for name, fn in (("A_batched_rollout", batched), ("B_python_loop", python_loop)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            rows[name].append({"wall_s": wall, "cpu_s": cpu, "evals_per_s_wall": args.candidates / wall})
+    sim.close()
+    med = {k: statistics.median(r["evals_per_s_wall"] for r in v) for k, v in rows.items()}
+    print(f"throughput: batched {med['A_batched_rollout']:.1f} candidates/s, loop {med['B_python_loop']:.1f} candidates/s "
+          f"(x{med['A_batched_rollout'] / med['B_python_loop']:.1f}); max |obs difference| {agree:.2e}", flush=True)
+    return {
+        "candidates": args.candidates, "windows": int(len(w.qpos)), "threads": args.threads, "rounds": rows,
+        "median_evals_per_s_wall": med, "speedup": med["A_batched_rollout"] / med["B_python_loop"],
+        "max_abs_obs_difference": agree,
+    }
+
+
+def summarize(fits: list[dict]) -> list[dict]:
+    out = []
+    for case in dict.fromkeys(f["case"] for f in fits):
+        for truth in TRUTHS:
+            rows = [f for f in fits if f["case"] == case and f["truth"] == truth]
+            if not rows:
+                continue
+            names = list(rows[0]["relative_error"])
+            out.append({
+                "case": case, "truth": truth, "seeds": [r["seed"] for r in rows],
+                "mean_mass_error": float(np.mean([r["mean_mass_error"] for r in rows])),
+                "relative_error": {n: float(np.mean([r["relative_error"][n] for r in rows])) for n in names},
+                "wall_s": float(np.mean([r["wall_s"] for r in rows])),
+                "evaluations": rows[0]["evaluations"], "windows": float(np.mean([r["windows"] for r in rows])),
+            })
+    return out
+
+
+def markdown(result: dict) -> str:
+    names = list(result["summary"][0]["relative_error"])
+    short = {"torso_mass": "torso", "thigh_mass": "thigh", "leg_mass": "leg", "foot_mass": "foot",
+             "friction": "friction", "joint_damping": "damping", "motor_strength": "motor"}
+    lines = [
+        "# System identification on Hopper",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        describe(result["machine"]) + " The machine was shared with other jobs (load above its 2 cores), so wall "
+        "times are upper bounds.",
+        "",
+        f"Logs: {result['episodes']} random-policy episodes of `make_real_env(\"hopper\", truth)` per seed, saved without "
+        "qpos/qvel (states recovered from the observations). Fitted: the 7 parameters of the training box. "
+        f"Budget: {result['budget']} candidate evaluations per fit (CMA-ES), seeds {result['seeds']}, "
+        f"{result['threads']} rollout threads. Noise: Gaussian, {100 * result['noise']:g}% of each observation "
+        "dimension's standard deviation. Errors are |fitted mean - truth| / truth, averaged over the seeds.",
+        "",
+        "| case | truth | windows | mass error (mean of 4) | " + " | ".join(short.get(n, n) for n in names) + " | wall s |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for s in result["summary"]:
+        errs = " | ".join(f"{100 * s['relative_error'][n]:.2f}%" for n in names)
+        lines.append(f"| {s['case']} | {s['truth']} | {s['windows']:.0f} | **{100 * s['mean_mass_error']:.2f}%** | "
+                     f"{errs} | {s['wall_s']:.1f} |")
+    t = result["throughput"]
+    med = t["median_evals_per_s_wall"]
+    lines += [
+        "",
+        "Goal: mean mass error <= 1% noise-free and <= 2.5% with 1% sensor noise.",
+        "",
+        f"## Candidate evaluations per second ({t['candidates']} candidates x {t['windows']} windows, one step each; "
+        f"median of {len(t['rounds']['A_batched_rollout'])} alternating rounds, wall time)",
+        "",
+        "| A: batched `mujoco.rollout` | B: Python loop over envs | A/B |",
+        "|---|---|---|",
+        f"| {med['A_batched_rollout']:.1f} | {med['B_python_loop']:.1f} | {t['speedup']:.1f}x |",
+        "",
+        f"A and B agree to {t['max_abs_obs_difference']:.1e} (max absolute observation difference). "
+        f"A runs on {t['threads']} threads on a loaded 2-core machine.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=int, default=1500, help="candidate evaluations per fit")
+    parser.add_argument("--likelihood-budget", type=int, default=0, help="also fit with the DROPO likelihood (0: skip)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (log and fit)")
+    parser.add_argument("--threads", type=int, default=2, help="rollout threads")
+    parser.add_argument("--episodes", type=int, default=2, help="random-policy episodes per log")
+    parser.add_argument("--noise", type=float, default=0.01, help="sensor noise, fraction of each dimension's std")
+    parser.add_argument("--candidates", type=int, default=16, help="candidates in the throughput comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sysid_hopper"), help="results stem")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    started = time.perf_counter()
+    fits = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for seed in seeds:
+            for truth in TRUTHS:
+                clean = make_log(folder, truth, args.episodes, seed, 0.0)
+                noisy = make_log(folder, truth, args.episodes, seed, args.noise)
+                fits.append(fit(clean, truth, args, seed, "noise-free"))
+                fits.append(fit(noisy, truth, args, seed, f"{100 * args.noise:g}% sensor noise"))
+                fits.append(fit(clean, truth, args, seed, "5 transitions, noise-free", max_windows=5))
+                if args.likelihood_budget:
+                    fits.append(fit(clean, truth, args, seed, "DROPO likelihood, noise-free", objective="likelihood",
+                                    budget=args.likelihood_budget))
+        tput = throughput(make_log(folder, "in_range", args.episodes, seeds[0], 0.0), "in_range", args)
+    result = {
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": machine(), "budget": args.budget, "likelihood_budget": args.likelihood_budget, "seeds": seeds,
+        "threads": args.threads, "episodes": args.episodes, "noise": args.noise,
+        "summary": summarize(fits), "throughput": tput, "fits": fits, "total_wall_s": time.perf_counter() - started,
+    }
+    text = markdown(result)
+    print(text)
+    if not args.no_write:
+        write_json(args.out + ".json", result)
+        write_text(args.out + ".md", text)
+        print(f"wrote {args.out}.json, {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()
