@@ -89,6 +89,8 @@ def _cmd_sysid(args: argparse.Namespace) -> int:
         raise SpecError(f"--out: {out}: expected a .json file name")
     if out.exists() and not args.overwrite:
         raise SpecError(f"--out: {out} exists; choose another name or pass --overwrite")
+    if args.smooth < 0:
+        raise SpecError(f"--smooth: expected a width in steps >= 0, got {args.smooth}")
     if args.budget < 1:
         raise SpecError(f"--budget: expected at least 1 candidate evaluation, got {args.budget}")
     if args.samples is not None and args.samples < 2 and args.objective == "likelihood":
@@ -125,7 +127,7 @@ def _cmd_sysid(args: argparse.Namespace) -> int:
 
     result = identify(
         problem, objective=args.objective, budget=args.budget, seed=args.seed, samples=args.samples,
-        nthread=args.threads, policy=policy, progress=progress,
+        nthread=args.threads, policy=policy, smooth=args.smooth, progress=progress,
     )
     print(result.table())
     saved = result.save(out)
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=100, help="closed-loop steps per episode at most (default 100)")
     p.add_argument("--samples", type=int,
                    help="parameter draws per candidate (default 10 for the likelihood, 1 for a point fit)")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="Gaussian smoothing of the discrepancy along time, in steps (default 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of CMA-ES and the draws (default 0)")
     p.add_argument("--threads", type=int, help="rollout threads (default: every CPU)")
     p.add_argument("--out", metavar="FIT.json", help="the fit (default FILE.fit.json); FIT.png beside it")
