@@ -57,10 +57,13 @@ class SysIdResult:
 
     @property
     def relative_error(self) -> np.ndarray | None:
-        """|mean - truth| / |truth| per parameter (``None`` without a truth)."""
+        """|mean - truth| / |truth| per parameter (``None`` without a truth; NaN where the
+        truth is 0, an ``add`` term at its nominal, or unknown)."""
         if self.truth is None:
             return None
-        return np.abs(self.mean - self.truth) / np.maximum(np.abs(self.truth), 1e-12)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(self.mean - self.truth) / np.abs(self.truth)
+        return np.where(np.isfinite(rel), rel, np.nan)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{name: {mean, std, normalized_mean, normalized_std, prior, limits[, truth, relative_error]}}``."""
@@ -73,8 +76,8 @@ class SysIdResult:
                 "prior": self.prior[i].tolist(), "limits": self.limits[i].tolist(),
             }
             if self.truth is not None:
-                entry["truth"] = float(self.truth[i])
-                entry["relative_error"] = float(rel[i])
+                entry["truth"] = float(self.truth[i]) if np.isfinite(self.truth[i]) else None
+                entry["relative_error"] = float(rel[i]) if np.isfinite(rel[i]) else None
             out[name] = entry
         return out
 
@@ -90,7 +93,8 @@ class SysIdResult:
             prior = f"[{self.prior[i, 0]:.4g}, {self.prior[i, 1]:.4g}]"
             row = f"{name:<{wn}}{prior:<18}{f'{self.mean[i]:.4g} ± {self.std[i]:.3g}':<24}"
             if self.truth is not None:
-                row += f"{self.truth[i]:<10.4g}{100 * rel[i]:>9.2f}%"
+                err = f"{100 * rel[i]:>9.2f}%" if np.isfinite(rel[i]) else f"{'n/a':>10}"
+                row += f"{self.truth[i]:<10.4g}{err}"
             lines.append(row)
         return "\n".join(lines)
 

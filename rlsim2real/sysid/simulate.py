@@ -49,7 +49,7 @@ class BatchSimulator:
         self.writer = writer
         self.state_map = state_map
         self.frame_skip = int(frame_skip)
-        self.nthread = os.cpu_count() or 1 if nthread is None else int(nthread)
+        self.nthread = (os.cpu_count() or 1) if nthread is None else int(nthread)
         self._models: list[mujoco.MjModel] = []
         self._scratch = mujoco.MjData(model)
         self._datas = [mujoco.MjData(model) for _ in range(max(1, self.nthread))]
