@@ -192,13 +192,18 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
             raise SpecError(f"{where}: 'lengths' holds non-integer values; expected whole step counts")
 
 
-def _load_params(raw: np.ndarray, where: str) -> list[dict[str, float]]:
+def _json_array(raw: np.ndarray, name: str, where: str) -> Any:
+    """Decode the one JSON string stored as array ``name``."""
     if raw.dtype.kind not in "US" or raw.ndim != 0:
-        raise SpecError(f"{where}: 'params' is a {raw.dtype} array of shape {raw.shape}; expected one JSON string")
+        raise SpecError(f"{where}: '{name}' is a {raw.dtype} array of shape {raw.shape}; expected one JSON string")
     try:
-        params = json.loads(str(raw))
+        return json.loads(str(raw))
     except ValueError as exc:
-        raise SpecError(f"{where}: 'params' is not valid JSON ({exc})") from None
+        raise SpecError(f"{where}: '{name}' is not valid JSON ({exc})") from None
+
+
+def _load_params(raw: np.ndarray, where: str) -> list[dict[str, float]]:
+    params = _json_array(raw, "params", where)
     if not isinstance(params, list) or not all(
         isinstance(p, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values())
         for p in params
@@ -208,12 +213,7 @@ def _load_params(raw: np.ndarray, where: str) -> list[dict[str, float]]:
 
 
 def _load_metadata(raw: np.ndarray, where: str) -> dict[str, Any]:
-    if raw.dtype.kind not in "US" or raw.ndim != 0:
-        raise SpecError(f"{where}: 'metadata' is a {raw.dtype} array of shape {raw.shape}; expected one JSON string")
-    try:
-        metadata = json.loads(str(raw))
-    except ValueError as exc:
-        raise SpecError(f"{where}: 'metadata' is not valid JSON ({exc})") from None
+    metadata = _json_array(raw, "metadata", where)
     if not isinstance(metadata, dict):
         raise SpecError(f"{where}: 'metadata' must be a JSON object, got {type(metadata).__name__}")
     return metadata
