@@ -116,6 +116,12 @@ def _cmd_sysid(args: argparse.Namespace) -> int:
         f"{len(problem.log.obs)} steps; {problem.skipped} starts skipped)",
         flush=True,
     )
+    meta = problem.log.metadata
+    if meta:
+        shown = ", ".join(f"{k}={v}" for k, v in meta.items() if isinstance(v, (str, int, float)))
+        print(f"sysid: log metadata: {shown or '(nested values only)'}", flush=True)
+        if isinstance(meta.get("env"), str) and meta["env"] not in (problem.spec.name, str(args.env)):
+            print(f"sysid: note: the log says env {meta['env']!r}; fitting it as {problem.spec.name!r}", flush=True)
     started = time.perf_counter()
 
     def progress(gen) -> None:
