@@ -102,19 +102,23 @@ class Objective:
         kl_weight: Weight of the KL penalty.
         epsilon: Variance floor of the likelihood, in normalized observation units.
         smooth: Gaussian smoothing of the discrepancy, in steps.
+        point: Score each candidate at its mean alone (a point fit: no draws, ``samples`` 1).
     """
 
     def __init__(
         self, simulator: Any, windows: Windows, to_values: Callable[[np.ndarray], np.ndarray],
         low: np.ndarray, high: np.ndarray, scale: np.ndarray, kind: str = "likelihood", samples: int = 10,
         seed: int = 0, policy: Any = None, previous: Gaussian | None = None, kl_weight: float = 0.0,
-        epsilon: float = 1e-6, smooth: float = 0.0,
+        epsilon: float = 1e-6, smooth: float = 0.0, point: bool = False,
     ) -> None:
         if kind not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {kind!r}")
         self.simulator, self.windows, self.to_values = simulator, windows, to_values
         self.low, self.high, self.scale = low, high, scale
-        self.kind, self.samples, self.policy = kind, int(samples), policy
+        if point and kind == "likelihood":
+            raise ValueError("the likelihood needs draws from the candidate distribution, not a point")
+        self.point = point
+        self.kind, self.samples, self.policy = kind, 1 if point else int(samples), policy
         self.previous, self.kl_weight = previous, float(kl_weight)
         self.epsilon, self.smooth = float(epsilon), float(smooth)
         self.unit = np.random.default_rng(seed).uniform(size=(self.samples, len(low)))
@@ -129,7 +133,10 @@ class Objective:
 
     def __call__(self, candidates: list[Gaussian]) -> np.ndarray:
         """Loss of each candidate, shape (P,); lower is better."""
-        draws = np.concatenate([g.sample(self.unit, self.low, self.high) for g in candidates])
+        if self.point:
+            draws = np.stack([np.clip(g.mean, self.low, self.high) for g in candidates])
+        else:
+            draws = np.concatenate([g.sample(self.unit, self.low, self.high) for g in candidates])
         sim = self.simulate(self.to_values(draws))
         sim = sim.reshape(len(candidates), self.samples, *sim.shape[1:])  # (P, M, W, k, d)
         w = self.windows
@@ -185,9 +192,9 @@ class CMAFitter:
         sigma0: CMA-ES's initial step size in normalized units (log std moves 4x as far).
         popsize: Candidates per generation (default CMA-ES's ``4 + 3 ln(2n)``).
         std_bounds: Range of the fitted std, normalized.
-        fit_std: Search the std too; ``False`` searches the mean alone (every candidate at
-            the std floor, a point estimate: half the dimensions, one draw suffices), and
-            :attr:`best` reports CMA-ES's own per-coordinate spread as the std.
+        fit_std: Search the std too; ``False`` searches the mean alone (a point estimate:
+            half the dimensions; pair it with a ``point`` objective), and :attr:`best` reports
+            CMA-ES's own per-coordinate spread as the std.
     """
 
     def __init__(

@@ -140,8 +140,8 @@ def identify(
         objective: ``"discrepancy"`` (SimOpt, the default) or ``"likelihood"`` (DROPO).
         budget: Candidate distributions evaluated (rounded up to whole generations).
         seed: Seeds CMA-ES and the common draws.
-        samples: Parameter draws per candidate distribution (default 10 when the std is
-            searched, else 1).
+        samples: Parameter draws per candidate distribution (default 10; a point fit scores
+            the mean alone).
         nthread: Rollout threads (default: every CPU).
         policy: The policy for closed-loop mode.
         popsize: CMA-ES candidates per generation.
@@ -159,7 +159,9 @@ def identify(
     objective = objective or "discrepancy"
     if fit_std is None:
         fit_std = objective == "likelihood" or (previous is not None and kl_weight > 0)
-    if samples is None:
+    if objective == "likelihood" and not fit_std:
+        raise ValueError("the likelihood fits a distribution: fit_std must be True")
+    if samples is None or not fit_std:
         samples = 10 if fit_std else 1
     if problem.mode == "closed-loop" and policy is None:
         raise ValueError("closed-loop sysid needs a policy")
@@ -169,6 +171,7 @@ def identify(
     score = Objective(
         simulator, problem.windows, space.from_normalized, low, high, problem.scale, kind=objective,
         samples=samples, seed=seed, policy=policy, previous=previous, kl_weight=kl_weight, smooth=smooth,
+        point=not fit_std,
     )
     fitter = CMAFitter(score, low, high, initial=previous, seed=seed, popsize=popsize, fit_std=fit_std)
     history: list[dict[str, float]] = []
