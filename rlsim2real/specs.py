@@ -133,7 +133,9 @@ def _typed(value: Any, types: type | tuple[type, ...], where: str, expected: str
 
 
 # --------------------------------------------------------------------------- env specs
-_ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "description")
+_ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "pixels", "description")
+_PIXEL_KEYS = ("width", "height", "camera", "frame_stack", "state", "distance", "azimuth", "elevation", "lookat",
+               "track", "fast")
 _ENV_TABLE_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "description")
 _PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "description")
 _EVAL_KEYS = ("success_return", "color_max", "grid")
@@ -148,6 +150,66 @@ class GridSpec:
     y: str
     x_values: tuple[float, ...]
     y_values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """The ``[pixels]`` table: the observation is the rendered image (see
+    :class:`~rlsim2real.wrappers.pixels.PixelObservation`).
+
+    Attributes:
+        width, height: Frame size.
+        camera: A camera of the model, or ``None`` for a free camera placed by ``distance``,
+            ``azimuth``, ``elevation``, ``lookat`` (following body ``track`` if set).
+        frame_stack: Frames per observation, along the channel axis.
+        state: Observe a dict of ``image`` and the env's ``state`` vector.
+        fast: MuJoCo's fast software-rendering settings (no multisampling, shadows,
+            reflections or skybox).
+    """
+
+    width: int = 64
+    height: int = 64
+    camera: str | None = None
+    frame_stack: int = 1
+    state: bool = False
+    distance: float | None = None
+    azimuth: float | None = None
+    elevation: float | None = None
+    lookat: tuple[float, float, float] | None = None
+    track: str | None = None
+    fast: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _PIXEL_KEYS}
+
+
+def _parse_pixels(table: Any, where: str) -> PixelSpec:
+    t = check_keys(table, _PIXEL_KEYS, where)
+    out: dict[str, Any] = {}
+    for key in ("width", "height", "frame_stack"):
+        if key in t:
+            value = _typed(t[key], int, f"{where}.{key}", "a positive integer")
+            if value < 1 or (key != "frame_stack" and value > 4096):
+                raise SpecError(f"{where}.{key}: expected a positive integer{' up to 4096' if key != 'frame_stack' else ''}, got {value}")
+            out[key] = int(value)
+    for key in ("camera", "track"):
+        if key in t:
+            out[key] = _typed(t[key], str, f"{where}.{key}", "a name in the model")
+    for key in ("state", "fast"):
+        if key in t:
+            out[key] = _typed(t[key], bool, f"{where}.{key}", "true or false")
+    for key in ("distance", "azimuth", "elevation"):
+        if key in t:
+            out[key] = float(_typed(t[key], (int, float), f"{where}.{key}", "a number"))
+    if "lookat" in t:
+        look = t["lookat"]
+        if not (isinstance(look, list) and len(look) == 3 and all(isinstance(v, (int, float)) for v in look)):
+            raise SpecError(f"{where}.lookat: expected three numbers [x, y, z], got {look!r}")
+        out["lookat"] = tuple(float(v) for v in look)
+    if "camera" in out and any(k in out for k in ("distance", "azimuth", "elevation", "lookat", "track")):
+        raise SpecError(f"{where}.camera: a model camera is placed by the model; distance, azimuth, elevation, "
+                        f"lookat and track place the free camera (give one or the other)")
+    return PixelSpec(**out)
 
 
 @dataclass
@@ -170,6 +232,7 @@ class EnvSpec:
         grid: Default grid for ``evaluate --grid``.
         color_max: Top of the grid heat map's fixed colour scale, which starts at 0
             (``None``: ``success_return``; with neither, the map scales to its own data).
+        pixels: Render the observation (``None``: the env's own observation).
     """
 
     name: str
@@ -187,6 +250,7 @@ class EnvSpec:
     path: Path | None = None
     nominal: dict[str, float] = field(default_factory=dict)
     color_max: float | None = None
+    pixels: PixelSpec | None = None
 
     @property
     def all_params(self) -> ParamSpace:
@@ -234,6 +298,8 @@ class EnvSpec:
             description=d.get("description", ""),
             path=Path(d["path"]) if d.get("path") else None,
             nominal={k: float(v) for k, v in (d.get("nominal") or {}).items()},
+            pixels=None if d.get("pixels") is None else PixelSpec(**{
+                k: (tuple(v) if k == "lookat" and v is not None else v) for k, v in d["pixels"].items()}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,6 +320,8 @@ class EnvSpec:
             "grid": None if self.grid is None else self.grid.__dict__,
             "description": self.description,
             "nominal": self.nominal,
+            "pixels": None if self.pixels is None else {k: (list(v) if isinstance(v, tuple) else v)
+                                                        for k, v in self.pixels.kwargs().items()},
         }
 
 
@@ -335,6 +403,12 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
         description=str(data.get("description", env_t.get("description", ""))),
         path=path,
     )
+    if "pixels" in data:
+        spec.pixels = _parse_pixels(data["pixels"], f"{f}: pixels")
+    elif any(p.parsed.kind == "image" for p in spec.all_params):
+        name = next(p.name for p in spec.all_params if p.parsed.kind == "image")
+        section = "params" if name in spec.params else "heldout_params"
+        raise SpecError(f"{f}: {section}.{name}: image terms need pixel observations; add a [pixels] table")
     all_names = spec.all_params.names
     sets_t = check_keys(data.get("real_sets", {}), None, f"{f}: real_sets")
     for set_name, values in sets_t.items():
@@ -393,6 +467,7 @@ def validate_env_spec(spec: EnvSpec) -> None:
     from rlsim2real import mjfields
     from rlsim2real.factory import make_base_env
     from rlsim2real.wrappers import ActionDelay, ObservationNoise
+    from rlsim2real.wrappers.pixels import IMAGE_NOMINAL, check_image_value
 
     f = spec.source
     env = make_base_env(spec)
@@ -408,6 +483,11 @@ def validate_env_spec(spec: EnvSpec) -> None:
                         bound = mjfields.bind(model, p, where)
                         checkers[p.name] = bound.check_value
                         spec.nominal[p.name] = bound.nominal_value()
+                    elif kind == "image":
+                        for value in (*p.range, *(p.limits or ())):
+                            check_image_value(p, value, where)
+                        checkers[p.name] = (lambda q: lambda v, wh: check_image_value(q, v, wh))(p)
+                        spec.nominal[p.name] = float(p.identity) if p.identity is not None else IMAGE_NOMINAL[p.parsed.field]
                     else:
                         wrapper = (ObservationNoise if kind == "obs" else ActionDelay)(env, [p])
                         checkers[p.name] = (lambda w, n: lambda v, wh: _recheck(w, n, v, wh))(wrapper, p.name)

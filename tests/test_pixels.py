@@ -1,0 +1,167 @@
+"""Pixel observations: every appearance and image term really changes the picture, nominal
+comes back, seeds repeat, the checker passes, and bad specs are one line."""
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import rlsim2real as rs
+from rlsim2real.params import Param, SpecError
+from rlsim2real.wrappers import DynamicsRandomization, PixelObservation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (target, value that differs from nominal, mode) on Hopper seen through its tracking camera.
+MODEL_TERMS = {
+    "geom_rgba": ("geom_rgba[torso_geom,0]", 0.1, "abs"),
+    "mat_emission": ("mat_emission[MatPlane]", 0.8, "abs"),
+    "light_diffuse": ("light_diffuse[#0,0]", 0.1, "abs"),
+    "light_dir": ("light_dir[#0,0]", 0.6, "abs"),
+    "cam_pos": ("cam_pos[track,1]", -1.0, "abs"),  # a tracking camera: needs mj_setConst
+    "cam_fovy": ("cam_fovy[track]", 70.0, "abs"),
+    "headlight": ("vis.headlight.diffuse[*]", 0.9, "abs"),
+}
+IMAGE_TERMS = {
+    "brightness": ("image.brightness", 0.2, "add"),
+    "contrast": ("image.contrast", 1.8, "scale"),
+    "saturation": ("image.saturation", 0.0, "abs"),
+    "hue": ("image.hue", 0.3, "add"),
+    "noise": ("image.noise", 0.1, "add"),
+    "blur": ("image.blur", 1.5, "add"),
+    "shift": ("image.shift", 6.0, "add"),
+    "cutout": ("image.cutout", 0.4, "add"),
+}
+
+
+def frames(env: gym.Env, values: dict) -> np.ndarray:
+    env.pin(values)
+    obs, _ = env.reset(seed=0)
+    return obs
+
+
+@pytest.mark.parametrize("term", sorted(MODEL_TERMS))
+def test_every_appearance_term_changes_the_picture_and_nominal_comes_back(term):
+    target, value, mode = MODEL_TERMS[term]
+    p = Param(term, target, (value, value), mode=mode)
+    env = PixelObservation(DynamicsRandomization(gym.make("Hopper-v5"), [p], seed=0), camera="track", seed=0)
+    try:
+        nominal = frames(env, {})
+        changed = frames(env, {term: value})
+        again = frames(env, {})
+    finally:
+        env.close()
+    assert np.abs(changed.astype(int) - nominal).mean() > 0.1, term
+    assert np.array_equal(again, nominal), term  # rebuilt from the cached nominal model
+
+
+@pytest.mark.parametrize("term", sorted(IMAGE_TERMS))
+def test_every_image_term_changes_the_picture_and_nominal_comes_back(term):
+    target, value, mode = IMAGE_TERMS[term]
+    p = Param(term, target, (value, value), mode=mode)
+    env = PixelObservation(gym.make("InvertedPendulum-v5"), [p], distance=2.2, azimuth=90.0, elevation=0.0,
+                           lookat=(0.0, 0.0, 0.25), seed=0)
+    try:
+        nominal = frames(env, {})
+        changed = frames(env, {term: value})
+        again = frames(env, {})
+    finally:
+        env.close()
+    assert changed.dtype == np.uint8 and changed.shape == nominal.shape
+    assert np.abs(changed.astype(int) - nominal).mean() > 0.05, term
+    assert np.array_equal(again, nominal), term
+
+
+def test_a_material_colour_that_no_geom_shows_and_a_directional_light_position_are_spec_errors():
+    env = gym.make("Hopper-v5")
+    with pytest.raises(SpecError, match="shows on no geom.*geom_rgba"):
+        DynamicsRandomization(env, [Param("floor_colour", "mat_rgba[MatPlane,0]", (0.1, 0.2), mode="abs")])
+    with pytest.raises(SpecError, match="directional light.*light_dir"):
+        DynamicsRandomization(env, [Param("light_height", "light_pos[#0,2]", (0.5, 1.5), mode="abs")])
+    env.close()
+
+
+def test_the_pixel_spec_gives_uint8_frames_that_repeat_with_the_seed_and_pass_the_checker():
+    spec = rs.load_env_spec("inverted_pendulum_pixels")
+    env = rs.make_env(spec, seed=3)
+    assert env.observation_space == gym.spaces.Box(0, 255, (64, 64, 9), np.uint8)
+    check_env(env, skip_render_check=True)
+    env.close()
+
+    def episode(seed: int, values=None) -> list[np.ndarray]:
+        e = rs.make_env(spec, seed=seed) if values is None else rs.make_real_env(spec, values, seed=seed)
+        obs, info = e.reset(seed=seed)
+        out = [obs]
+        for _ in range(5):
+            obs, *_ = e.step(np.zeros(1, dtype=np.float32))
+            out.append(obs)
+        e.close()
+        return out
+
+    a, b, c = episode(0), episode(0), episode(1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # colours, light and image terms repeat
+    assert not np.array_equal(a[0], c[0])  # another seed, another look
+    # Noise and cut-outs come from the layer's own seeded stream: they repeat too.
+    noisy = {"pixel_noise": 0.1, "camera_shift": 3}
+    assert all(np.array_equal(x, y) for x, y in zip(episode(5, noisy), episode(5, noisy)))
+    # The frames are stacked oldest first: each step drops the oldest three channels and
+    # appends the new frame (a reset fills the stack with its first frame).
+    for before, after in zip(a, a[1:]):
+        assert np.array_equal(after[..., :6], before[..., 3:])
+
+
+def test_every_visual_real_set_looks_different_from_nominal():
+    spec = rs.load_env_spec("inverted_pendulum_pixels")
+    nominal = rs.make_real_env(spec, "nominal", seed=0)
+    base, info = nominal.reset(seed=0)
+    nominal.close()
+    for name in spec.real_sets:
+        env = rs.make_real_env(spec, name, seed=0)
+        obs, info = env.reset(seed=0)
+        env.close()
+        assert np.abs(obs.astype(int) - base).mean() > 0.05, name
+        # info reports the set's values, summarized as one entry per term.
+        assert set(spec.real_sets[name]) <= set(info["dr_params"])
+
+
+def test_state_alongside_the_image():
+    env = PixelObservation(gym.make("InvertedPendulum-v5"), state=True, frame_stack=2, width=32, height=24, seed=0)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (24, 32, 6) and obs["state"].shape == (4,)
+    check_env(env, skip_render_check=True)
+    env.close()
+
+
+BAD_PIXELS = {
+    "image term without pixels": ("[pixels]", None, "image terms need pixel observations"),
+    "unknown pixels key": ("frame_stack = 3", "frame_stack = 3\nzoom = 2", "pixels: unknown key 'zoom'"),
+    "frame stack": ("frame_stack = 3", "frame_stack = 0", "pixels.frame_stack"),
+    "camera and free camera": ("frame_stack = 3", 'frame_stack = 3\ncamera = "track"', "pixels.camera"),
+    "brightness out of bounds": ("range = [-0.08, 0.08]", "range = [-0.08, 1.5]", "params.brightness"),
+    "image term with element": ('target = "image.contrast"', 'target = "image.contrast[0]"', "takes no [element]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PIXELS))
+def test_bad_pixel_specs_are_one_line_naming_the_file_and_key(tmp_path, case):
+    old, new, expected = BAD_PIXELS[case]
+    text = (ROOT / "envs" / "inverted_pendulum_pixels.toml").read_text()
+    assert old in text
+    path = tmp_path / "bad_pixels.toml"
+    if new is None:  # drop the whole table
+        start = text.index(old)
+        text = text[:start] + text[text.index("\n\n", start) + 2 :]
+    else:
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        rs.load_env_spec(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and expected in message, message
+
+
+def test_an_unknown_camera_is_named():
+    with pytest.raises(SpecError, match="unknown camera 'front'.*track"):
+        PixelObservation(gym.make("Hopper-v5"), camera="front")
