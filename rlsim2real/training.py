@@ -39,6 +39,7 @@ from rlsim2real.runs import (
 )
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
+from stable_baselines3.common.preprocessing import is_image_space
 from rlsim2real.strategies.feedback import StrategyFeedback
 from rlsim2real.targets import TargetSource
 
@@ -110,8 +111,9 @@ def save_artifacts(model: Any, strategy: Strategy, folder: Path) -> None:
     """
     folder.mkdir(parents=True, exist_ok=True)
     venv = model.get_env()
-    if isinstance(venv, VecNormalize):
-        atomic_write(folder / "vecnormalize.pkl", venv.save)
+    normalizer = model.get_vec_normalize_env()  # under SB3's VecTransposeImage for images
+    if normalizer is not None:
+        atomic_write(folder / "vecnormalize.pkl", normalizer.save)
     atomic_write(folder / "strategy.pkl", lambda p: _pickle(p, strategy.state_dict()))
     samplers = venv.env_method("sampler_state") if venv is not None else []
     atomic_write(folder / "samplers.pkl", lambda p: _pickle(p, samplers))
@@ -246,7 +248,9 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
             restore_samplers(venv, checkpoint)
         if spec.normalize:
             stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
-            venv = load_normalizer(stats, venv) if stats and stats.is_file() else VecNormalize(venv)
+            # Images are not standardized (the CNN scales uint8 pixels itself); rewards are.
+            image = is_image_space(venv.observation_space)
+            venv = load_normalizer(stats, venv) if stats and stats.is_file() else VecNormalize(venv, norm_obs=not image)
             venv.training = True
         strategy.broadcast(venv)
         model = _build_model(spec, venv, checkpoint, verbose)

@@ -112,18 +112,20 @@ def test_the_pixel_spec_gives_uint8_frames_that_repeat_with_the_seed_and_pass_th
         assert np.array_equal(after[..., :6], before[..., 3:])
 
 
-def test_every_visual_real_set_looks_different_from_nominal():
-    spec = rs.load_env_spec("inverted_pendulum_pixels")
+@pytest.mark.parametrize("name", ["inverted_pendulum_pixels", "hopper_pixels"])
+def test_every_visual_real_set_looks_different_from_nominal(name):
+    spec = rs.load_env_spec(name)
     nominal = rs.make_real_env(spec, "nominal", seed=0)
     base, info = nominal.reset(seed=0)
     nominal.close()
-    for name in spec.real_sets:
-        env = rs.make_real_env(spec, name, seed=0)
+    assert base.dtype == np.uint8 and base.shape == (64, 64, 9)
+    for real in spec.real_sets:
+        env = rs.make_real_env(spec, real, seed=0)
         obs, info = env.reset(seed=0)
         env.close()
-        assert np.abs(obs.astype(int) - base).mean() > 0.05, name
+        assert np.abs(obs.astype(int) - base).mean() > 0.05, real
         # info reports the set's values, summarized as one entry per term.
-        assert set(spec.real_sets[name]) <= set(info["dr_params"])
+        assert set(spec.real_sets[real]) <= set(info["dr_params"])
 
 
 def test_state_alongside_the_image():
@@ -165,3 +167,16 @@ def test_bad_pixel_specs_are_one_line_naming_the_file_and_key(tmp_path, case):
 def test_an_unknown_camera_is_named():
     with pytest.raises(SpecError, match="unknown camera 'front'.*track"):
         PixelObservation(gym.make("Hopper-v5"), camera="front")
+
+
+def test_a_tiny_pixel_training_run_is_evaluated_on_every_visual_set(tmp_path):
+    exp = tmp_path / "pixels.toml"
+    exp.write_text((ROOT / "experiments" / "inverted_pendulum_pixels.toml").read_text()
+                   .replace("timesteps = 200_000", "timesteps = 256").replace("n_envs = 8", "n_envs = 2")
+                   .replace('vec_env = "subproc"', 'vec_env = "dummy"').replace("checkpoint_every = 50_000", "checkpoint_every = 0")
+                   + "\n[hyperparameters]\nn_steps = 64\nbatch_size = 64\nn_epochs = 1\n")
+    run = rs.train(exp, out=tmp_path / "run", evaluate=False)
+    assert (run.path / "vecnormalize.pkl").is_file()  # reward statistics, under SB3's image transpose
+    report = rs.evaluate_transfer(run, episodes=1)
+    assert set(report.sets) == {"nominal", *rs.load_env_spec("inverted_pendulum_pixels").real_sets}
+    assert all(r.episodes == 1 and r.mean_return > 0 for r in report.sets.values())
