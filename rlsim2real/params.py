@@ -64,9 +64,11 @@ class Target:
 
     @property
     def kind(self) -> str:
-        """``"obs"`` or ``"action"`` for sensor/actuator terms, ``"image"`` for image-space
-        terms of pixel observations, else ``"model"``."""
+        """``"obs"`` or ``"action"`` for sensor/actuator terms, ``"image"`` for the image-space
+        and texture terms of pixel observations, else ``"model"``."""
         head = self.field.split(".", 1)[0]
+        if head == "texture":
+            return "image"
         return head if head in ("obs", "action", "image") else "model"
 
     @classmethod

@@ -486,6 +486,11 @@ def validate_env_spec(spec: EnvSpec) -> None:
                     elif kind == "image":
                         for value in (*p.range, *(p.limits or ())):
                             check_image_value(p, value, where)
+                        texture = p.parsed.element if p.parsed.field.startswith("texture.") else None
+                        if texture is not None and mjfields.mujoco.mj_name2id(model, mjfields.mujoco.mjtObj.mjOBJ_TEXTURE, texture) < 0:
+                            names = [model.texture(i).name for i in range(model.ntex)]
+                            raise SpecError(f"{where}: unknown texture {texture!r}; the model has "
+                                            f"{', '.join(n for n in names if n) or 'no named textures'}")
                         checkers[p.name] = (lambda q: lambda v, wh: check_image_value(q, v, wh))(p)
                         spec.nominal[p.name] = float(p.identity) if p.identity is not None else IMAGE_NOMINAL[p.parsed.field]
                     else:

@@ -74,6 +74,41 @@ def test_every_image_term_changes_the_picture_and_nominal_comes_back(term):
     assert np.array_equal(again, nominal), term
 
 
+@pytest.mark.parametrize("family", [1, 2, 3])
+def test_each_texture_family_changes_the_floor_and_the_models_own_comes_back(family):
+    terms = [Param("floor", "texture.family[texplane]", (0.0, 4.0), mode="abs"),
+             Param("hue", "texture.hue[texplane]", (0.0, 1.0), mode="add")]
+    env = PixelObservation(gym.make("Hopper-v5"), terms, camera="track", seed=0)
+    try:
+        nominal = frames(env, {})
+        painted = frames(env, {"floor": family + 0.5, "hue": 0.3})
+        other_hue = frames(env, {"floor": family + 0.5, "hue": 0.8})
+        again = frames(env, {})
+    finally:
+        env.close()
+    assert np.abs(painted.astype(int) - nominal).mean() > 1.0
+    assert np.abs(painted.astype(int) - other_hue).mean() > 1.0
+    assert np.array_equal(again, nominal)
+
+
+def test_a_texture_edit_shows_only_once_uploaded():
+    # The trap the texture terms avoid: tex_data edited in the model alone changes nothing
+    # on screen, because the renderer draws the copy it uploaded.
+    env = PixelObservation(gym.make("Hopper-v5"), camera="track", seed=0)
+    try:
+        before, _ = env.reset(seed=0)
+        model = env.unwrapped.model
+        start, size = int(model.tex_adr[2]), int(model.tex_width[2] * model.tex_height[2] * model.tex_nchannel[2])
+        model.tex_data[start : start + size] = 0
+        stale = env.frame()
+        env.renderer.upload_texture(2)
+        fresh = env.frame()
+    finally:
+        env.close()
+    assert np.array_equal(stale, before[..., -3:])
+    assert np.abs(fresh.astype(int) - stale).mean() > 1.0
+
+
 def test_a_material_colour_that_no_geom_shows_and_a_directional_light_position_are_spec_errors():
     env = gym.make("Hopper-v5")
     with pytest.raises(SpecError, match="shows on no geom.*geom_rgba"):
@@ -143,6 +178,12 @@ BAD_PIXELS = {
     "camera and free camera": ("frame_stack = 3", 'frame_stack = 3\ncamera = "track"', "pixels.camera"),
     "brightness out of bounds": ("range = [-0.08, 0.08]", "range = [-0.08, 1.5]", "params.brightness"),
     "image term with element": ('target = "image.contrast"', 'target = "image.contrast[0]"', "takes no [element]"),
+    "texture family past the last": ("range = [0.05, 0.25]", "range = [0.05, 0.25]\n[params.floor_tex]\n"
+                                     'target = "texture.family[nothing]"\nmode = "abs"\nrange = [0.0, 5.0]',
+                                     "params.floor_tex"),
+    "unknown texture": ("range = [0.05, 0.25]", "range = [0.05, 0.25]\n[params.floor_tex]\n"
+                        'target = "texture.family[nothing]"\nmode = "abs"\nrange = [0.0, 3.0]',
+                        "params.floor_tex: unknown texture 'nothing'"),
 }
 
 

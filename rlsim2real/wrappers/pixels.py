@@ -30,12 +30,21 @@ target                        nominal  effect
 ``image.cutout``              0        grey square of side ``value`` x image size, per frame
 ============================  =======  ==========================================================
 
-The random parts (noise, the episode's shift, where a cut-out goes) come from this layer's
-own seeded stream, so seeded episodes repeat frame for frame.
+Texture terms name a texture of the model (``texture.family[texplane]``) and rewrite its
+pixels at reset, then upload them to the renderer (an edit of ``tex_data`` alone shows
+nothing): ``texture.family`` picks the family, ``floor(value)`` of 0 the model's own
+texture, 1 a checker, 2 a gradient, 3 smooth noise; ``texture.hue`` (turns) sets the
+procedural families' two colours (complementary hues); ``texture.scale`` their cell count
+(8 cells across at 1). Categorical choices are distributions like any other: ``range = [0,
+4]`` draws the family uniformly.
+
+The random parts (noise, the episode's shift, where a cut-out goes, the noise texture) come
+from this layer's own seeded stream, so seeded episodes repeat frame for frame.
 """
 
 from __future__ import annotations
 
+import colorsys
 import ctypes.util
 import math
 import os
@@ -55,12 +64,17 @@ from rlsim2real.wrappers.base import RandomizationWrapper
 IMAGE_NOMINAL = {
     "image.brightness": 0.0, "image.contrast": 1.0, "image.saturation": 1.0, "image.hue": 0.0,
     "image.noise": 0.0, "image.blur": 0.0, "image.shift": 0.0, "image.cutout": 0.0,
+    "texture.family": 0.0, "texture.hue": 0.0, "texture.scale": 1.0,
 }
+TEXTURE_FAMILIES = ("own", "checker", "gradient", "noise")
+_IMAGE_ONLY_NOMINAL = {k: v for k, v in IMAGE_NOMINAL.items() if k.startswith("image.")}
 # Valid values of each term (the rest of the real line is refused).
 _IMAGE_BOUNDS = {
     "image.brightness": (-1.0, 1.0), "image.contrast": (0.0, math.inf), "image.saturation": (0.0, math.inf),
     "image.hue": (-math.inf, math.inf), "image.noise": (0.0, math.inf), "image.blur": (0.0, 10.0),
     "image.shift": (0.0, 64.0), "image.cutout": (0.0, 1.0),
+    "texture.family": (0.0, float(len(TEXTURE_FAMILIES))), "texture.hue": (-math.inf, math.inf),
+    "texture.scale": (0.1, 10.0),
 }
 BACKENDS = ("egl", "osmesa")
 
@@ -70,7 +84,10 @@ def check_image_value(param: Param, value: float, where: str) -> None:
     field = param.parsed.field
     if field not in IMAGE_NOMINAL:
         raise SpecError(f"{where}: unknown image term {field!r}; expected one of {', '.join(IMAGE_NOMINAL)}")
-    if param.parsed.element is not None:
+    texture = field.startswith("texture.")
+    if texture and param.parsed.element is None:
+        raise SpecError(f"{where}: texture terms name a texture of the model: {field}[name]")
+    if not texture and param.parsed.element is not None:
         raise SpecError(f"{where}: image terms act on the whole frame; {param.target!r} takes no [element]")
     new = float(apply_mode(param.mode, np.array([IMAGE_NOMINAL[field]]), value)[0])
     lo, hi = _IMAGE_BOUNDS[field]
@@ -248,7 +265,24 @@ class PixelObservation(RandomizationWrapper):
         self.observation_space = gym.spaces.Dict({"image": image, "state": env.observation_space}) if state else image
         self._frames: deque[np.ndarray] = deque(maxlen=self.frame_stack)
         self._fields = [p.parsed.field for p in self.space]
-        self._values = dict(IMAGE_NOMINAL)
+        self._values = {k: v for k, v in IMAGE_NOMINAL.items() if k.startswith("image.")}
+        # Texture terms, per texture: its id, where its pixels live, their nominal copy.
+        self._textures: dict[int, dict[str, Any]] = {}
+        self._texture_terms: list[tuple[int, int, str]] = []  # (position, texid, field)
+        for k, p in enumerate(self.space):
+            if not self._fields[k].startswith("texture."):
+                continue
+            texid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_TEXTURE, p.parsed.element)
+            if texid < 0:
+                names = [model.texture(i).name for i in range(model.ntex)]
+                raise SpecError(f"param {p.name!r}: unknown texture {p.parsed.element!r}; the model has "
+                                f"{', '.join(n for n in names if n) or 'no named textures'}")
+            if texid not in self._textures:
+                w, h, c = int(model.tex_width[texid]), int(model.tex_height[texid]), int(model.tex_nchannel[texid])
+                start = int(model.tex_adr[texid])
+                view = model.tex_data[start : start + w * h * c].reshape(h, w, c)
+                self._textures[texid] = {"view": view, "nominal": view.copy(), "drawn": None}
+            self._texture_terms.append((k, texid, self._fields[k]))
         self._noise = np.random.default_rng()
         self._offset = (0, 0)
         self._join()
@@ -263,10 +297,30 @@ class PixelObservation(RandomizationWrapper):
         check_image_value(self.space[name], value, f"param {name!r}")
 
     def _apply(self, values: np.ndarray) -> None:
-        current = dict(IMAGE_NOMINAL)
-        for p, field, value in zip(self.space, self._fields, values.tolist()):
-            current[field] = float(apply_mode(p.mode, np.array([IMAGE_NOMINAL[field]]), value)[0])
+        current = dict(_IMAGE_ONLY_NOMINAL)
+        settings = {texid: {"texture.family": 0.0, "texture.hue": 0.0, "texture.scale": 1.0} for texid in self._textures}
+        textures = {k: texid for k, texid, _ in self._texture_terms}
+        for k, (p, field, value) in enumerate(zip(self.space, self._fields, values.tolist())):
+            applied = float(apply_mode(p.mode, np.array([IMAGE_NOMINAL[field]]), value)[0])
+            if k in textures:
+                settings[textures[k]][field] = applied
+            else:
+                current[field] = applied
         self._values = current
+        for texid, setting in settings.items():
+            self._paint(texid, setting)
+
+    def _paint(self, texid: int, setting: dict[str, float]) -> None:
+        """Rewrite texture ``texid`` for ``setting`` and upload it (only when it changed)."""
+        tex = self._textures[texid]
+        family = TEXTURE_FAMILIES[min(len(TEXTURE_FAMILIES) - 1, max(0, int(math.floor(setting["texture.family"]))))]
+        key = (family, setting["texture.hue"], setting["texture.scale"])
+        if key == tex["drawn"] and family != "noise":
+            return
+        tex["view"][...] = tex["nominal"] if family == "own" else _procedural(
+            family, tex["view"].shape, setting["texture.hue"], setting["texture.scale"], self._noise)
+        tex["drawn"] = key
+        self.renderer.upload_texture(texid)
 
     def _seed_streams(self, seed: int | None) -> None:
         self._noise = np.random.default_rng(None if seed is None else [int(seed) & 0xFFFFFFFF, self.noise_salt])
@@ -290,7 +344,7 @@ class PixelObservation(RandomizationWrapper):
 
     def _corrupt(self, frame: np.ndarray) -> np.ndarray:
         v = self._values
-        if v == IMAGE_NOMINAL:
+        if v == _IMAGE_ONLY_NOMINAL:
             return frame
         x = frame.astype(np.float32) / 255.0
         if v["image.blur"] > 0:
@@ -328,6 +382,30 @@ class PixelObservation(RandomizationWrapper):
     def close(self) -> None:
         self.renderer.close()
         super().close()
+
+
+def _procedural(family: str, shape: tuple[int, ...], hue: float, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Pixels of a checker, gradient or smooth-noise texture in two complementary colours."""
+    h, w, c = shape
+    cells = max(2, int(round(8 * scale)))
+    y, x = np.mgrid[0:h, 0:w]
+    if family == "checker":
+        mix = ((x * cells // w + y * cells // max(w, 1)) % 2).astype(np.float32)
+    elif family == "gradient":
+        mix = np.abs(((y / max(h, 1)) * scale) % 2.0 - 1.0).astype(np.float32)
+    else:  # smooth noise: a coarse random grid, bilinearly upsampled
+        grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
+        gy, gx = y / max(h - 1, 1) * cells, x / max(w - 1, 1) * cells
+        y0, x0 = np.minimum(gy.astype(int), cells - 1), np.minimum(gx.astype(int), cells - 1)
+        ty, tx = gy - y0, gx - x0
+        mix = ((grid[y0, x0] * (1 - tx) + grid[y0, x0 + 1] * tx) * (1 - ty)
+               + (grid[y0 + 1, x0] * (1 - tx) + grid[y0 + 1, x0 + 1] * tx) * ty)
+    one = np.array(colorsys.hsv_to_rgb(hue % 1.0, 0.6, 0.85), dtype=np.float32)
+    two = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35), dtype=np.float32)
+    rgb = one * mix[..., None] + two * (1.0 - mix[..., None])
+    out = np.full((h, w, c), 255, dtype=np.uint8)
+    out[..., : min(3, c)] = (rgb[..., : min(3, c)] * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
