@@ -178,11 +178,10 @@ BAD_PIXELS = {
     "camera and free camera": ("frame_stack = 3", 'frame_stack = 3\ncamera = "track"', "pixels.camera"),
     "brightness out of bounds": ("range = [-0.08, 0.08]", "range = [-0.08, 1.5]", "params.brightness"),
     "image term with element": ('target = "image.contrast"', 'target = "image.contrast[0]"', "takes no [element]"),
-    "texture family past the last": ("range = [0.05, 0.25]", "range = [0.05, 0.25]\n[params.floor_tex]\n"
-                                     'target = "texture.family[nothing]"\nmode = "abs"\nrange = [0.0, 5.0]',
-                                     "params.floor_tex"),
-    "unknown texture": ("range = [0.05, 0.25]", "range = [0.05, 0.25]\n[params.floor_tex]\n"
-                        'target = "texture.family[nothing]"\nmode = "abs"\nrange = [0.0, 3.0]',
+    "texture family past the last": ("[real_sets.in_range]", '[params.floor_tex]\ntarget = "texture.family[nothing]"\n'
+                                     'mode = "abs"\nrange = [0.0, 5.0]\n\n[real_sets.in_range]', "params.floor_tex"),
+    "unknown texture": ("[real_sets.in_range]", '[params.floor_tex]\ntarget = "texture.family[nothing]"\n'
+                        'mode = "abs"\nrange = [0.0, 3.0]\n\n[real_sets.in_range]',
                         "params.floor_tex: unknown texture 'nothing'"),
 }
 
