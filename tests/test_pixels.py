@@ -220,3 +220,18 @@ def test_a_tiny_pixel_training_run_is_evaluated_on_every_visual_set(tmp_path):
     report = rs.evaluate_transfer(run, episodes=1)
     assert set(report.sets) == {"nominal", *rs.load_env_spec("inverted_pendulum_pixels").real_sets}
     assert all(r.episodes == 1 and r.mean_return > 0 for r in report.sets.values())
+
+
+def test_dann_on_pixels_aligns_the_cnn_encoder_with_frames_of_a_visual_set(tmp_path):
+    import csv
+
+    exp = tmp_path / "pixels_dann.toml"
+    exp.write_text((ROOT / "experiments" / "inverted_pendulum_pixels_dann.toml").read_text()
+                   .replace("timesteps = 200_000", "timesteps = 256").replace("n_envs = 8", "n_envs = 2")
+                   .replace('vec_env = "subproc"', 'vec_env = "dummy"').replace("checkpoint_every = 50_000", "checkpoint_every = 0")
+                   .replace("episodes = 4", "episodes = 2") + "\n[hyperparameters]\nn_steps = 64\nbatch_size = 64\nn_epochs = 1\n")
+    run = rs.train(exp, out=tmp_path / "run", evaluate=False)
+    rows = list(csv.DictReader(open(run.path / "logs" / "progress.csv")))
+    logged = [r for r in rows if r.get("dann/domain_loss")]
+    assert logged and float(logged[-1]["dann/target_observations"]) > 0
+    assert 0.0 < float(logged[-1]["dann/domain_loss"]) < 5.0
