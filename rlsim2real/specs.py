@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsim2real.params import Param, ParamSpace, SpecError
+from rlsim2real.params import Param, ParamSpace, SpecError, Target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ _ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "
 _PIXEL_KEYS = ("width", "height", "camera", "frame_stack", "state", "distance", "azimuth", "elevation", "lookat",
                "track", "fast")
 _ENV_TABLE_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "description")
-_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "description")
+_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "per_element", "description")
 _EVAL_KEYS = ("success_return", "color_max", "grid")
 _GRID_KEYS = ("x", "y", "x_values", "y_values")
 
@@ -325,6 +325,26 @@ class EnvSpec:
         }
 
 
+def _parse_params(name: str, table: Any, where: str, heldout: bool) -> list[Param]:
+    """One term, or with ``per_element = true`` one term per listed element, each drawn on
+    its own (named ``name.element``): every geom its own colour instead of one shared draw."""
+    if not (isinstance(table, Mapping) and table.get("per_element", False)):
+        return [_parse_param(name, table, where, heldout)]
+    _typed(table["per_element"], bool, f"{where}.per_element", "true or false")
+    target = Target.parse(str(table.get("target", "")))
+    elements = [e.strip() for e in (target.element or "").split("|") if e.strip()]
+    if len(elements) < 2 or "*" in elements:
+        raise SpecError(f"{where}.per_element: expected a target that lists its elements (a|b|c), got "
+                        f"{table.get('target')!r}")
+    column = "" if target.column is None else f",{target.column}"
+    out = []
+    for element in elements:
+        one = {k: v for k, v in table.items() if k != "per_element"}
+        one["target"] = f"{target.field}[{element}{column}]"
+        out.append(_parse_param(f"{name}.{element.lstrip('#')}", one, where, heldout))
+    return out
+
+
 def _parse_param(name: str, table: Any, where: str, heldout: bool) -> Param:
     t = check_keys(table, _PARAM_KEYS, where, required=("target",) if heldout else ("target", "range"))
     mode = t.get("mode", "scale")
@@ -386,8 +406,8 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
         raise SpecError(f"{f}: randomization.resample_every: expected an integer >= 0, got {resample}")
     params_t = check_keys(data.get("params", {}), None, f"{f}: params")
     held_t = check_keys(data.get("heldout_params", {}), None, f"{f}: heldout_params")
-    params = [_parse_param(n, t, f"{f}: params.{n}", heldout=False) for n, t in params_t.items()]
-    held = [_parse_param(n, t, f"{f}: heldout_params.{n}", heldout=True) for n, t in held_t.items()]
+    params = [p for n, t in params_t.items() for p in _parse_params(n, t, f"{f}: params.{n}", heldout=False)]
+    held = [p for n, t in held_t.items() for p in _parse_params(n, t, f"{f}: heldout_params.{n}", heldout=True)]
     clash = sorted(set(params_t) & set(held_t))
     if clash:
         raise SpecError(f"{f}: heldout_params.{clash[0]}: name already used in params")

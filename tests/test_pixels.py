@@ -235,3 +235,24 @@ def test_dann_on_pixels_aligns_the_cnn_encoder_with_frames_of_a_visual_set(tmp_p
     logged = [r for r in rows if r.get("dann/domain_loss")]
     assert logged and float(logged[-1]["dann/target_observations"]) > 0
     assert 0.0 < float(logged[-1]["dann/domain_loss"]) < 5.0
+
+
+def test_per_element_terms_draw_every_element_on_its_own():
+    spec = rs.load_env_spec("hopper_pixels")
+    names = [n for n in spec.params.names if n.startswith("leg_green.")]
+    assert names == ["leg_green.thigh_geom", "leg_green.leg_geom", "leg_green.foot_geom"]
+    env = rs.make_env(spec, seed=0)
+    _, info = env.reset(seed=0)
+    greens = env.unwrapped.model.geom_rgba[2:5, 1]
+    env.close()
+    assert np.allclose(greens, [info["dr_params"][n] for n in names], atol=1e-6)
+    assert len(set(np.round(greens, 6))) == 3  # three draws, not one shared
+
+
+def test_per_element_needs_its_elements_listed(tmp_path):
+    text = (ROOT / "envs" / "hopper_pixels.toml").read_text().replace(
+        'target = "geom_rgba[thigh_geom|leg_geom|foot_geom,1]"', 'target = "geom_rgba[*,1]"')
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=r"params.leg_green.per_element: expected a target that lists its elements"):
+        rs.load_env_spec(path)
