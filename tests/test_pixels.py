@@ -256,3 +256,22 @@ def test_per_element_needs_its_elements_listed(tmp_path):
     path.write_text(text)
     with pytest.raises(SpecError, match=r"params.leg_green.per_element: expected a target that lists its elements"):
         rs.load_env_spec(path)
+
+
+def test_the_gl_backend_is_chosen_headless_and_its_absence_names_the_package(monkeypatch):
+    from rlsim2real.wrappers import pixels
+
+    found = {"EGL": None, "OSMesa": None}
+    monkeypatch.setattr(pixels.ctypes.util, "find_library", lambda name: found.get(name))
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    with pytest.raises(SpecError, match="libegl1.*libosmesa6"):
+        pixels.gl_backend()
+    found["OSMesa"] = "libOSMesa.so.8"
+    assert pixels.gl_backend() == "osmesa"  # the fallback
+    found["EGL"] = "libEGL.so.1"
+    assert pixels.gl_backend() == "egl"  # the default
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    assert pixels.gl_backend() == "osmesa"  # the user's choice wins
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    with pytest.raises(SpecError, match="MUJOCO_GL='glfw'; expected one of egl, osmesa"):
+        pixels.gl_backend()
