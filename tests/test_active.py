@@ -319,6 +319,11 @@ def test_bad_active_setting_on_the_cli_is_one_line_exit_2_and_no_run(tmp_path):
     assert not out.exists()
 
 
+def test_active_dr_refuses_pixel_envs_by_name():
+    with pytest.raises(SpecError, match="strategy.name: active DR's discriminator reads .* observes pixels"):
+        ActiveStrategy(rs.load_env_spec("inverted_pendulum_pixels"))
+
+
 def test_every_built_in_active_experiment_loads():
     for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*active*.toml")):
         spec = rs.load_experiment_spec(path)
