@@ -1,0 +1,292 @@
+"""Randomization of a batch of worlds: the same terms as the Gymnasium wrappers, on arrays.
+
+Sampling is the project's joint sampler: each world owns a
+:class:`~rlsim2real.wrappers.randomizer.Randomizer` (its own seeded generator, distribution,
+pins and tags), so world ``i`` of a batch seeded ``s`` draws exactly what Gymnasium worker
+``i`` of a VecEnv seeded ``s`` draws, strategies can give each world its own distribution
+(Active DR's particles) and tags (ADR's boundaries) reach the strategy as before. The
+randomizer hands its world's vector to a :class:`WorldTerms` layer, which only stores it;
+the appliers here then write the vectors of every world that resets, at once:
+
+- :class:`BatchedDynamics`: model fields through :mod:`rlsim2real.mjfields` bindings, each
+  rebuilt from the nominal values (nothing compounds), inertia following mass,
+  ``mj_setConst`` per world where a field needs it;
+- :class:`BatchedObservationNoise`: ``obs * scale + (std * N(0, 1) + bias)`` per world, noise
+  drawn from each world's own stream in blocks, as :class:`ObservationNoise` draws it;
+- :class:`BatchedActionDelay`: a ring buffer per world, as :class:`ActionDelay`'s queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rlsim2real.batched.backend import SimBackend
+from rlsim2real.mjfields import FIELDS, bind, field_array
+from rlsim2real.params import ParamSpace
+from rlsim2real.wrappers.randomizer import Randomizer
+from rlsim2real.wrappers.sensors import NOISE_BLOCK, OBS_FIELDS, ObservationNoise, _obs_indices
+
+
+class WorldTerms:
+    """The one randomization layer of one world: checks values like the Gymnasium stack
+    (``template``, the joint sampler of a Gymnasium training env of the same spec) and
+    passes each drawn vector to the batch.
+
+    It implements the layer hooks that :class:`Randomizer` calls (``_apply``,
+    ``nominal_value``, ``_check_value``, streams) and nothing else.
+    """
+
+    kind = "world"
+
+    def __init__(self, space: ParamSpace, template: Randomizer, world: int, owner: "BatchedRandomization") -> None:
+        self.space = space
+        self._template = template
+        self._world = world
+        self._owner = owner
+
+    def nominal_value(self, name: str) -> float:
+        return float(self._template.nominal[self._template.space.index(name)])
+
+    def _check_value(self, name: str, value: float) -> None:
+        self._template.check_physics(name, value)
+
+    def _apply(self, values: np.ndarray) -> None:
+        self._owner.vectors[self._world] = values
+
+    def _route_step(self) -> None:
+        pass  # nothing per step: the batch applies the vectors
+
+    def _seed_streams(self, seed: int | None) -> None:
+        self._owner.noise.seed(self._world, seed)
+
+    def _stream_state(self) -> Any:
+        return self._owner.noise.stream_state(self._world)
+
+    def _load_stream_state(self, state: Any) -> None:
+        self._owner.noise.load_stream_state(self._world, state)
+
+
+class BatchedDynamics:
+    """Write the model terms of a (k, n_terms) matrix into worlds ``ids`` of a backend.
+
+    Semantics of :class:`~rlsim2real.wrappers.dynamics.DynamicsRandomization`: each field is
+    rebuilt from its nominal values term by term (a later term wins where two overlap),
+    scaling a body's mass scales its inertia, ``mj_setConst`` follows fields that need it.
+
+    Args:
+        backend: The worlds.
+        space: The model terms (targets like ``body_mass[torso]``).
+    """
+
+    def __init__(self, backend: SimBackend, space: ParamSpace) -> None:
+        model = backend.model
+        self.backend = backend
+        bound = [bind(model, p) for p in space]
+        fields = sorted({b.field for b in bound} | ({"body_inertia"} if any(b.field == "body_mass" for b in bound) else set()))
+        self._nominal = {f: np.array(field_array(model, f), dtype=np.float64, copy=True).reshape(-1) for f in fields}
+        self._terms = {f: [] for f in fields}
+        for k, b in enumerate(bound):
+            shape = np.shape(field_array(model, b.field))
+            flat = np.arange(int(np.prod(shape)), dtype=np.intp).reshape(shape)[b.index].reshape(-1)
+            self._terms[b.field].append((k, b.param.mode, flat, self._nominal[b.field][flat]))
+        self._live = {f: backend.model_field(f).reshape(backend.n_worlds, -1) for f in fields}
+        self._set_const = any(FIELDS[b.field].set_const for b in bound)
+        if "body_mass" in fields:
+            mass = self._nominal["body_mass"]
+            self._mass_positive = mass > 0
+            self._mass_divisor = np.where(self._mass_positive, mass, 1.0)
+            self._inertia_shape = np.shape(model.body_inertia)
+
+    def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """Worlds ``ids`` (shape (k,)) take the term values ``values`` (shape (k, n_terms))."""
+        if not self._terms or not len(ids):
+            return
+        rebuilt = {}
+        for f, terms in self._terms.items():
+            out = np.repeat(self._nominal[f][None, :], len(ids), axis=0)
+            for k, mode, flat, nominal in terms:
+                column = values[:, k : k + 1]
+                if mode == "scale":
+                    out[:, flat] = nominal * column
+                elif mode == "add":
+                    out[:, flat] = nominal + column
+                else:
+                    out[:, flat] = column
+            rebuilt[f] = out
+        if "body_mass" in rebuilt:
+            ratio = np.ones_like(rebuilt["body_mass"])  # 1 for bodies without a positive mass
+            np.divide(rebuilt["body_mass"], self._mass_divisor, out=ratio, where=self._mass_positive)
+            inertia = rebuilt["body_inertia"].reshape(len(ids), *self._inertia_shape)
+            rebuilt["body_inertia"] = (inertia * ratio[:, :, None]).reshape(len(ids), -1)
+        for f, out in rebuilt.items():
+            self._live[f][ids] = out
+        if self._set_const:
+            self.backend.set_const(ids)
+
+
+class BatchedObservationNoise:
+    """Observation noise, bias and scale per world (:class:`ObservationNoise` on arrays).
+
+    Args:
+        n_worlds: Number of worlds.
+        obs_dim: Observation size.
+        space: The ``obs.*`` terms.
+    """
+
+    def __init__(self, n_worlds: int, obs_dim: int, space: ParamSpace) -> None:
+        nominal = {"obs.noise_std": 0.0, "obs.bias": 0.0, "obs.scale": 1.0}  # make_env's nominal sensors
+        self._nominal = {f: np.full(obs_dim, v) for f, v in nominal.items()}
+        self._terms = [(k, p.mode, p.parsed.field, _obs_indices(p.parsed.element, obs_dim, f"param {p.name!r}"))
+                       for k, p in enumerate(space)]
+        self.current = {f: np.tile(v, (n_worlds, 1)) for f, v in self._nominal.items()}
+        self._noisy = np.zeros(n_worlds, dtype=bool)
+        self._identity = np.ones(n_worlds, dtype=bool)
+        self._z = np.zeros((n_worlds, NOISE_BLOCK, obs_dim))
+        self._row = np.full(n_worlds, NOISE_BLOCK, dtype=np.intp)
+        self._rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(n_worlds)]
+
+    def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
+        if not self._terms or not len(ids):
+            return
+        for field in OBS_FIELDS:
+            out = np.repeat(self._nominal[field][None, :], len(ids), axis=0)
+            for k, mode, f, idx in self._terms:
+                if f != field:
+                    continue
+                column = values[:, k : k + 1]
+                nominal = self._nominal[field][idx]
+                out[:, idx] = nominal * column if mode == "scale" else nominal + column if mode == "add" else column
+            self.current[field][ids] = out
+        std, bias, scale = (self.current[f][ids] for f in OBS_FIELDS)
+        self._noisy[ids] = (std != 0).any(axis=1)
+        self._identity[ids] = ~self._noisy[ids] & ~(bias != 0).any(axis=1) & ~(scale != 1).any(axis=1)
+
+    def observe(self, obs: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Corrupted observations of worlds ``ids`` (all: ``None``), shape as ``obs``."""
+        identity = self._identity if ids is None else self._identity[ids]
+        if identity.all():
+            return obs
+        sel = slice(None) if ids is None else ids
+        std, bias, scale = (self.current[f][sel] for f in OBS_FIELDS)
+        noisy = self._noisy[sel]
+        z = np.zeros_like(obs)
+        if noisy.any():
+            worlds = np.flatnonzero(noisy) if ids is None else np.asarray(ids)[noisy]
+            for w in worlds[self._row[worlds] == NOISE_BLOCK]:
+                # A block per generator call, as ObservationNoise draws it: same stream.
+                self._rngs[w].standard_normal(out=self._z[w])
+                self._row[w] = 0
+            z[noisy] = self._z[worlds, self._row[worlds]]
+            self._row[worlds] += 1
+        out = obs * scale
+        out += z * std + bias
+        return out
+
+    def seed(self, world: int, seed: int | None) -> None:
+        salt = ObservationNoise.noise_salt
+        self._rngs[world] = np.random.default_rng(None if seed is None else [int(seed) & 0xFFFFFFFF, salt, 1])
+        self._row[world] = NOISE_BLOCK
+
+    def stream_state(self, world: int) -> dict[str, Any]:
+        return {"rng": self._rngs[world].bit_generator.state, "z": self._z[world].copy(), "row": int(self._row[world])}
+
+    def load_stream_state(self, world: int, state: dict[str, Any]) -> None:
+        self._rngs[world].bit_generator.state = state["rng"]
+        self._z[world] = state["z"]
+        self._row[world] = int(state["row"])
+
+
+class BatchedActionDelay:
+    """Each world's actions arrive ``delay`` control steps late (:class:`ActionDelay` on arrays).
+
+    Args:
+        n_worlds: Number of worlds.
+        neutral: What the env receives until ``delay`` actions are queued, shape (nu,).
+        space: At most one ``action.delay`` term.
+    """
+
+    def __init__(self, n_worlds: int, neutral: np.ndarray, space: ParamSpace) -> None:
+        self._param = next(iter(space), None)
+        self._neutral = neutral
+        self.delay = np.zeros(n_worlds, dtype=np.intp)
+        self._queue = np.zeros((n_worlds, 0, len(neutral)), dtype=neutral.dtype)
+        self._head = np.zeros(n_worlds, dtype=np.intp)
+
+    def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """Set the delays of worlds ``ids`` from their term values, shape (k, 0 or 1)."""
+        if self._param is None or not len(ids):
+            return
+        mode = self._param.mode
+        for w, value in zip(ids.tolist(), values[:, 0].tolist()):
+            # Python floats, as ActionDelay computes the delay (nominal delay 0 in make_env).
+            self.delay[w] = int(round(value if mode == "abs" else 0.0 * value if mode == "scale" else 0.0 + value))
+        longest = int(self.delay.max())
+        if longest > self._queue.shape[1]:
+            grown = np.zeros((len(self.delay), longest, self._queue.shape[2]), dtype=self._queue.dtype)
+            grown[:, : self._queue.shape[1]] = self._queue
+            self._queue = grown
+
+    def start_episode(self, ids: np.ndarray) -> None:
+        """Worlds ``ids`` start with their queues full of neutral actions."""
+        if self._queue.shape[1]:
+            self._queue[ids] = self._neutral
+            self._head[ids] = 0
+
+    def act(self, actions: np.ndarray) -> np.ndarray:
+        """The actions each world's env receives now, shape (n_worlds, nu)."""
+        delayed = np.flatnonzero(self.delay)
+        if not delayed.size:
+            return actions
+        out = actions.astype(self._queue.dtype, copy=True)
+        head = self._head[delayed]
+        out[delayed] = self._queue[delayed, head]
+        self._queue[delayed, head] = actions[delayed]
+        self._head[delayed] = (head + 1) % self.delay[delayed]
+        return out
+
+
+class BatchedRandomization:
+    """The joint samplers of every world and the appliers of their vectors.
+
+    Args:
+        backend: The worlds.
+        template: The joint sampler of a Gymnasium training env of the same spec (its space,
+            nominal values and checks are the worlds').
+        obs_dim: Observation size.
+        neutral_action: What a delayed env receives first, shape (nu,).
+        distribution: What every world samples first (``None``: the spec's training box).
+        seed: World ``i`` is seeded ``seed + i`` (``None``: fresh entropy).
+    """
+
+    def __init__(
+        self, backend: SimBackend, template: Randomizer, obs_dim: int, neutral_action: np.ndarray,
+        distribution: Any, seed: int | None,
+    ) -> None:
+        n = backend.n_worlds
+        template.distribution  # settles the joint space and its nominal vector
+        space = template.space
+        self.space = space
+        self.vectors = np.tile(template.nominal, (n, 1))
+        kinds = [p.parsed.kind for p in space]
+        # The Gymnasium stack orders the joint vector dynamics, action, obs (make_env's layers).
+        self._columns = {kind: np.array([k for k, x in enumerate(kinds) if x == kind], dtype=np.intp)
+                         for kind in ("model", "action", "obs")}
+        self.dynamics = BatchedDynamics(backend, space.select("model"))
+        self.delay = BatchedActionDelay(n, neutral_action, space.select("action"))
+        self.noise = BatchedObservationNoise(n, obs_dim, space.select("obs"))
+        self.samplers: list[Randomizer] = []
+        for w in range(n):
+            sampler = Randomizer()
+            layer = WorldTerms(space, template, w, self)
+            sampler.join(layer, distribution, None if seed is None else seed + w, None)
+            layer._seed_streams(sampler.pending_seed)
+            self.samplers.append(sampler)
+
+    def apply(self, ids: np.ndarray) -> None:
+        """Write the vectors the samplers of worlds ``ids`` drew last into those worlds."""
+        rows = self.vectors[ids]
+        self.dynamics.apply(ids, rows[:, self._columns["model"]])
+        self.delay.apply(ids, rows[:, self._columns["action"]])
+        self.noise.apply(ids, rows[:, self._columns["obs"]])
