@@ -48,7 +48,8 @@ class BatchedVecEnv(VecEnv):
 
     Example:
         >>> venv = BatchedVecEnv("hopper", n_envs=4, seed=0, threads=1)
-        >>> venv.seed(0); obs = venv.reset()
+        >>> _ = venv.seed(0)
+        >>> obs = venv.reset()
         >>> obs.shape, obs.dtype
         ((4, 11), dtype('float64'))
         >>> obs, rewards, dones, infos = venv.step(np.zeros((4, 3), dtype=np.float32))
