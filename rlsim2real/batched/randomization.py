@@ -92,6 +92,22 @@ class BatchedDynamics:
             flat = np.arange(int(np.prod(shape)), dtype=np.intp).reshape(shape)[b.index].reshape(-1)
             self._terms[b.field].append((k, b.param.mode, flat, self._nominal[b.field][flat]))
         self._live = {f: backend.model_field(f).reshape(backend.n_worlds, -1) for f in fields}
+        # Fields whose terms all scale are rebuilt together in one gather and one
+        # multiplication: nominal times a factor per element, taken from the term that writes
+        # it last (1 where none does), the same IEEE operation as term by term.
+        gathered = [f for f, terms in self._terms.items() if terms and all(t[1] == "scale" for t in terms)]
+        owners, self._spans = [], {}
+        start = 0
+        for f in gathered:
+            owner = np.full(self._nominal[f].size, len(bound), dtype=np.intp)
+            for k, _, flat, _ in self._terms[f]:
+                owner[flat] = k
+            owners.append(owner)
+            self._spans[f] = slice(start, start + owner.size)
+            start += owner.size
+        self._owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.intp)
+        self._gathered_nominal = np.concatenate([self._nominal[f] for f in gathered]) if gathered else np.zeros(0)
+        self._termwise = [f for f, terms in self._terms.items() if terms and f not in self._spans]
         self._set_const = any(FIELDS[b.field].set_const for b in bound)
         if "body_mass" in fields:
             mass = self._nominal["body_mass"]
@@ -104,22 +120,28 @@ class BatchedDynamics:
         if not self._terms or not len(ids):
             return
         rebuilt = {}
-        for f, terms in self._terms.items():
+        if self._spans:
+            factors = np.concatenate((values, np.ones((len(ids), 1))), axis=1)
+            flat = self._gathered_nominal * factors[:, self._owner]
+            for f, span in self._spans.items():
+                rebuilt[f] = flat[:, span]
+        for f in self._termwise:
             out = np.repeat(self._nominal[f][None, :], len(ids), axis=0)
-            for k, mode, flat, nominal in terms:
+            for k, mode, index, nominal in self._terms[f]:
                 column = values[:, k : k + 1]
                 if mode == "scale":
-                    out[:, flat] = nominal * column
+                    out[:, index] = nominal * column
                 elif mode == "add":
-                    out[:, flat] = nominal + column
+                    out[:, index] = nominal + column
                 else:
-                    out[:, flat] = column
+                    out[:, index] = column
             rebuilt[f] = out
         if "body_mass" in rebuilt:
             ratio = np.ones_like(rebuilt["body_mass"])  # 1 for bodies without a positive mass
             np.divide(rebuilt["body_mass"], self._mass_divisor, out=ratio, where=self._mass_positive)
-            inertia = rebuilt["body_inertia"].reshape(len(ids), *self._inertia_shape)
-            rebuilt["body_inertia"] = (inertia * ratio[:, :, None]).reshape(len(ids), -1)
+            inertia = rebuilt.get("body_inertia", self._nominal["body_inertia"][None, :])  # terms of its own first
+            inertia = inertia.reshape(-1, *self._inertia_shape) * ratio[:, :, None]
+            rebuilt["body_inertia"] = inertia.reshape(len(ids), -1)
         for f, out in rebuilt.items():
             self._live[f][ids] = out
         if self._set_const:
@@ -141,8 +163,14 @@ class BatchedObservationNoise:
         self._terms = [(k, p.mode, p.parsed.field, _obs_indices(p.parsed.element, obs_dim, f"param {p.name!r}"))
                        for k, p in enumerate(space)]
         self.current = {f: np.tile(v, (n_worlds, 1)) for f, v in self._nominal.items()}
+        # Per field, its terms in order (fields without terms stay nominal).
+        self._plans = [(field, [(k, mode, idx) for k, mode, f, idx in self._terms if f == field]) for field in OBS_FIELDS]
+        self._plans = [(field, terms) for field, terms in self._plans if terms]
         self._noisy = np.zeros(n_worlds, dtype=bool)
         self._identity = np.ones(n_worlds, dtype=bool)
+        self._all_identity = True
+        self._all_noisy = False
+        self._worlds = np.arange(n_worlds)
         self._z = np.zeros((n_worlds, NOISE_BLOCK, obs_dim))
         self._row = np.full(n_worlds, NOISE_BLOCK, dtype=np.intp)
         self._rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(n_worlds)]
@@ -150,39 +178,54 @@ class BatchedObservationNoise:
     def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
         if not self._terms or not len(ids):
             return
-        for field in OBS_FIELDS:
-            out = np.repeat(self._nominal[field][None, :], len(ids), axis=0)
-            for k, mode, f, idx in self._terms:
-                if f != field:
-                    continue
+        for field, terms in self._plans:
+            nominal = self._nominal[field]
+            if len(terms) == 1 and len(terms[0][2]) == len(nominal):  # one term over every element
+                k, mode, _ = terms[0]
                 column = values[:, k : k + 1]
-                nominal = self._nominal[field][idx]
-                out[:, idx] = nominal * column if mode == "scale" else nominal + column if mode == "add" else column
+                self.current[field][ids] = nominal * column if mode == "scale" else nominal + column if mode == "add" else column
+                continue
+            out = np.repeat(nominal[None, :], len(ids), axis=0)
+            for k, mode, idx in terms:
+                column = values[:, k : k + 1]
+                part = nominal[idx]
+                out[:, idx] = part * column if mode == "scale" else part + column if mode == "add" else column
             self.current[field][ids] = out
         std, bias, scale = (self.current[f][ids] for f in OBS_FIELDS)
         self._noisy[ids] = (std != 0).any(axis=1)
         self._identity[ids] = ~self._noisy[ids] & ~(bias != 0).any(axis=1) & ~(scale != 1).any(axis=1)
+        self._all_identity = bool(self._identity.all())
+        self._all_noisy = bool(self._noisy.all())
 
     def observe(self, obs: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
         """Corrupted observations of worlds ``ids`` (all: ``None``), shape as ``obs``."""
-        identity = self._identity if ids is None else self._identity[ids]
-        if identity.all():
+        if self._all_identity or (ids is not None and self._identity[ids].all()):
             return obs
         sel = slice(None) if ids is None else ids
         std, bias, scale = (self.current[f][sel] for f in OBS_FIELDS)
-        noisy = self._noisy[sel]
-        z = np.zeros_like(obs)
-        if noisy.any():
-            worlds = np.flatnonzero(noisy) if ids is None else np.asarray(ids)[noisy]
-            for w in worlds[self._row[worlds] == NOISE_BLOCK]:
-                # A block per generator call, as ObservationNoise draws it: same stream.
-                self._rngs[w].standard_normal(out=self._z[w])
-                self._row[w] = 0
-            z[noisy] = self._z[worlds, self._row[worlds]]
-            self._row[worlds] += 1
         out = obs * scale
+        if ids is None and self._all_noisy:  # the common case, without masks
+            rows = self._row
+            if rows.max() == NOISE_BLOCK:
+                self._refill(np.flatnonzero(rows == NOISE_BLOCK))
+            z = self._z[self._worlds, rows]
+            rows += 1
+        else:
+            noisy = self._noisy[sel]
+            z = np.zeros_like(obs)
+            if noisy.any():
+                worlds = np.flatnonzero(noisy) if ids is None else np.asarray(ids)[noisy]
+                self._refill(worlds[self._row[worlds] == NOISE_BLOCK])
+                z[noisy] = self._z[worlds, self._row[worlds]]
+                self._row[worlds] += 1
         out += z * std + bias
         return out
+
+    def _refill(self, worlds: np.ndarray) -> None:
+        for w in worlds.tolist():
+            # A block per generator call, as ObservationNoise draws it: the same stream.
+            self._rngs[w].standard_normal(out=self._z[w])
+            self._row[w] = 0
 
     def seed(self, world: int, seed: int | None) -> None:
         salt = ObservationNoise.noise_salt
