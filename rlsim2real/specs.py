@@ -806,6 +806,8 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         if why is not None:
             raise SpecError(f"{f}: experiment.vec_env: batched: {why}")
     threads = _positive_int(e.get("threads", 1), f"{f}: experiment.threads", allow_zero=True)
+    if "threads" in e and vec_env != "batched":
+        raise SpecError(f"{f}: experiment.threads: only vec_env = \"batched\" has simulation threads; got vec_env = {vec_env!r}")
     device = e.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")

@@ -219,6 +219,15 @@ def test_unsupported_envs_are_one_line_spec_errors(tmp_path, env, match):
     assert "experiment.vec_env" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_threads_belong_to_batched_envs_only(tmp_path):
+    exp = tmp_path / "t.toml"
+    exp.write_text('[experiment]\nenv = "hopper"\nvec_env = "subproc"\nthreads = 2\n')
+    with pytest.raises(rs.SpecError, match="experiment.threads"):
+        rs.load_experiment_spec(exp)
+    exp.write_text('[experiment]\nenv = "hopper"\nvec_env = "batched"\nthreads = 0\n')
+    assert rs.load_experiment_spec(exp).threads == 0
+
+
 TINY = """
 [experiment]
 name = "tiny_batched"
