@@ -256,15 +256,17 @@ class BatchedActionDelay:
         self.delay = np.zeros(n_worlds, dtype=np.intp)
         self._queue = np.zeros((n_worlds, 0, len(neutral)), dtype=neutral.dtype)
         self._head = np.zeros(n_worlds, dtype=np.intp)
+        self._delayed = np.zeros(0, dtype=np.intp)
 
     def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
         """Set the delays of worlds ``ids`` from their term values, shape (k, 0 or 1)."""
         if self._param is None or not len(ids):
             return
-        mode = self._param.mode
-        for w, value in zip(ids.tolist(), values[:, 0].tolist()):
-            # Python floats, as ActionDelay computes the delay (nominal delay 0 in make_env).
-            self.delay[w] = int(round(value if mode == "abs" else 0.0 * value if mode == "scale" else 0.0 + value))
+        mode, value = self._param.mode, values[:, 0]
+        # As ActionDelay: the term applied to the nominal delay (0 in make_env), rounded half
+        # to even (np.rint rounds as Python's round does).
+        self.delay[ids] = np.rint(value if mode == "abs" else 0.0 * value if mode == "scale" else 0.0 + value)
+        self._delayed = np.flatnonzero(self.delay)
         longest = int(self.delay.max())
         if longest > self._queue.shape[1]:
             grown = np.zeros((len(self.delay), longest, self._queue.shape[2]), dtype=self._queue.dtype)
@@ -279,7 +281,7 @@ class BatchedActionDelay:
 
     def act(self, actions: np.ndarray) -> np.ndarray:
         """The actions each world's env receives now, shape (n_worlds, nu)."""
-        delayed = np.flatnonzero(self.delay)
+        delayed = self._delayed
         if not delayed.size:
             return actions
         out = actions.astype(self._queue.dtype, copy=True)
