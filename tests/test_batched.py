@@ -4,7 +4,6 @@ parameters, thread-count determinism, sampler state, and a tiny training run wit
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -77,6 +77,10 @@ class BatchedVecEnv(VecEnv):
         self._template = make_env(spec, distribution=distribution)
         base = self._template.unwrapped
         self.task = task_for(base)
+        if self.task is None or self._template.observation_space != base.observation_space:
+            # e.g. a spec whose wrappers render pixels: the tasks compute state observations only
+            self._template.close()
+            raise SpecError(f"{spec.source}: env {spec.env_id!r} with these settings has no batched backend")
         self.spec = spec
         self.max_episode_steps = _time_limit(self._template)
         self.backend = BACKENDS[backend](base.model, n_envs, threads)
