@@ -64,6 +64,17 @@ def test_matches_gymnasium_envs_step_for_step_at_fixed_parameters(name, real_set
 
 
 @pytest.mark.parametrize("name", ["hopper", "inverted_pendulum"])
+@pytest.mark.parametrize("real_set", ["sensor_shift", "action_latency"])
+def test_matches_gymnasium_envs_on_sensor_and_latency_real_sets(name, real_set):
+    spec = rs.load_env_spec(name)
+    ref = DummyVecEnv([lambda i=i: Monitor(rs.make_real_env(spec, real_set, seed=20 + i)) for i in range(3)])
+    batched = BatchedVecEnv(spec, 3, seed=20)
+    batched.env_method("pin", spec.real_set(real_set))
+    ref.seed(20), batched.seed(20)
+    assert_same_run(ref, batched, random_actions(ref.action_space, 3, 100, seed=1))
+
+
+@pytest.mark.parametrize("name", ["hopper", "inverted_pendulum"])
 def test_matches_make_vec_env_with_dynamics_sensor_and_delay_terms_randomized(name):
     spec = rs.load_env_spec(name)
     space = ParamSpace(p.with_range(*SENSOR_RANGES[p.name]) if p.name in SENSOR_RANGES else p for p in spec.all_params)
