@@ -220,7 +220,8 @@ def test_a_diverging_world_ends_truncated_with_finite_observations():
     assert "instability" not in infos[1]
 
 
-@pytest.mark.parametrize("env, match", [("ant", "Ant-v5"), ("sliding_block", "no batched backend")])
+@pytest.mark.parametrize("env, match", [("ant", "Ant-v5"), ("sliding_block", "no batched backend"),
+                                        ("hopper_pixels", "pixel observations")])
 def test_unsupported_envs_are_one_line_spec_errors(tmp_path, env, match):
     exp = tmp_path / "b.toml"
     exp.write_text(f'[experiment]\nenv = "{env}"\nvec_env = "batched"\n')

@@ -169,6 +169,8 @@ def batched_support(spec: Any) -> str | None:
     if spec.env_id not in SUPPORTED_IDS:
         what = spec.env_id or spec.entry_point
         return f"env {what!r} has no batched backend (supported: {', '.join(SUPPORTED_IDS)}); use vec_env = \"dummy\" or \"subproc\""
+    if getattr(spec, "pixels", None) is not None:
+        return "pixel observations are rendered per env: the batched env computes state observations only; use vec_env = \"dummy\" or \"subproc\""
     if spec.resample_every:
         return "randomization.resample_every is not supported by the batched env (it samples at reset only)"
     return None
