@@ -682,7 +682,7 @@ def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = 
 
 
 # -------------------------------------------------------------------- experiment specs
-VEC_ENVS = ("dummy", "subproc")
+VEC_ENVS = ("dummy", "subproc", "batched")
 _EXP_KEYS = ("experiment", "strategy", "hyperparameters", "evaluation", "target", "description")
 _TARGET_KEYS = ("set", "file", "episodes", "refresh_every")
 
@@ -708,7 +708,7 @@ class TargetSpec:
         return {"set": self.set, "file": str(self.file) if self.file else None, "episodes": self.episodes,
                 "refresh_every": self.refresh_every}
 _EXP_TABLE_KEYS = (
-    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "normalize",
+    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "threads", "normalize",
     "checkpoint_every", "device", "max_episode_steps", "description",
 )
 _EXP_EVAL_KEYS = ("episodes", "sets", "grid", "enabled")
@@ -727,6 +727,7 @@ class ExperimentSpec:
     seed: int = 0
     n_envs: int = 4
     vec_env: str = "dummy"
+    threads: int = 1
     normalize: bool = True
     checkpoint_every: int = 0
     device: str = "auto"
@@ -760,6 +761,8 @@ class ExperimentSpec:
             "seed": self.seed,
             "n_envs": self.n_envs,
             "vec_env": self.vec_env,
+            # Only batched envs have threads; other runs' configs stay as they were (resume).
+            **({"threads": self.threads} if self.vec_env == "batched" else {}),
             "normalize": self.normalize,
             "checkpoint_every": self.checkpoint_every,
             "device": self.device,
@@ -796,6 +799,15 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     vec_env = e.get("vec_env", "dummy")
     if vec_env not in VEC_ENVS:
         raise SpecError(f"{f}: experiment.vec_env: expected one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    if vec_env == "batched":
+        from rlsim2real.batched import batched_support
+
+        why = batched_support(env)
+        if why is not None:
+            raise SpecError(f"{f}: experiment.vec_env: batched: {why}")
+    threads = _positive_int(e.get("threads", 1), f"{f}: experiment.threads", allow_zero=True)
+    if "threads" in e and vec_env != "batched":
+        raise SpecError(f"{f}: experiment.threads: only vec_env = \"batched\" has simulation threads; got vec_env = {vec_env!r}")
     device = e.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")
@@ -827,6 +839,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         seed=_positive_int(e.get("seed", 0), f"{f}: experiment.seed", allow_zero=True),
         n_envs=n_envs,
         vec_env=vec_env,
+        threads=threads,
         normalize=bool(_typed(e.get("normalize", True), bool, f"{f}: experiment.normalize", "true or false")),
         checkpoint_every=_positive_int(e.get("checkpoint_every", 0), f"{f}: experiment.checkpoint_every", allow_zero=True),
         device=device,

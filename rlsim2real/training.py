@@ -59,7 +59,8 @@ def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
 
 
 def make_vec_env(
-    spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True
+    spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True,
+    threads: int = 1,
 ) -> VecEnv:
     """``n_envs`` randomized workers; worker ``i`` is seeded ``seed + i``.
 
@@ -68,9 +69,19 @@ def make_vec_env(
         n_envs: Number of workers.
         seed: Base seed.
         distribution: The initial distribution every worker samples from.
-        kind: ``"dummy"`` (in process) or ``"subproc"`` (one process per worker).
+        kind: ``"dummy"`` (in process), ``"subproc"`` (one process per worker) or
+            ``"batched"`` (one :class:`~rlsim2real.batched.BatchedVecEnv`: the worlds
+            stepped together on ``threads`` threads, built-in tasks only).
         reseed: Seed the first reset (``False`` when sampler states are restored instead).
+        threads: Simulation threads of a batched env (0: all CPUs).
     """
+    if kind == "batched":
+        from rlsim2real.batched import BatchedVecEnv
+
+        venv = BatchedVecEnv(spec, n_envs, seed=seed, distribution=distribution, threads=threads)
+        if reseed:
+            venv.seed(seed)
+        return venv
     fns = [_worker(spec, seed + i, distribution) for i in range(n_envs)]
     venv = SubprocVecEnv(fns) if kind == "subproc" else DummyVecEnv(fns)
     if reseed:
@@ -241,7 +252,8 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
         restore_strategy(strategy, checkpoint)
     resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()
     venv = make_vec_env(
-        spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers
+        spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers,
+        threads=spec.threads,
     )
     try:
         if resumed_samplers:
