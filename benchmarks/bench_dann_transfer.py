@@ -1,13 +1,18 @@
-"""UDR alone vs UDR + DANN on the sensor-shifted held-out set, same budget and seeds.
+"""UDR alone vs UDR + DANN on a domain shift, same budget and seeds.
 
-Trains `experiments/quickstart.toml` (recurrent PPO, uniform randomization) and
-`experiments/inverted_pendulum_dann.toml` (the same, plus a DANN encoder whose target
-domain is the `sensor_shift` real set) for each seed, evaluates both on the nominal sim and
-on `sensor_shift`, and reads the discriminator's held-out accuracy at the end of training.
+``--task sensor`` (the default): `experiments/quickstart.toml` (recurrent PPO, uniform
+randomization) against `experiments/inverted_pendulum_dann.toml` (the same, plus a DANN
+encoder whose target domain is the `sensor_shift` real set), evaluated on the nominal sim
+and `sensor_shift`. ``--task pixels``: `experiments/inverted_pendulum_pixels.toml` (a CNN
+recurrent policy on 64x64 frames under randomized colours and light) against
+`experiments/inverted_pendulum_pixels_dann.toml` (the same, with a DANN encoder aligned with
+frames of the `unseen_colours` look), evaluated on every visual set. Each run is one
+subprocess (``--workers`` at a time); the discriminator's held-out accuracy at the end of
+training is read from its log.
 
-    python benchmarks/bench_dann_transfer.py [--seeds 0 1 2] [--timesteps 80000]
+    python benchmarks/bench_dann_transfer.py [--task sensor|pixels] [--seeds 0 1 2] [--timesteps 80000] [--workers 2]
 
-Writes benchmarks/results/dann_transfer.json and .md.
+Writes benchmarks/results/dann_transfer.json and .md (pixels: dann_pixels.json and .md).
 """
 
 from __future__ import annotations
@@ -15,21 +20,32 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import rlsim2real as rs  # noqa: E402
 from benchmarks.machine import describe, machine  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
 
-VARIANTS = {"udr": ROOT / "experiments/quickstart.toml", "udr_dann": ROOT / "experiments/inverted_pendulum_dann.toml"}
-SETS = ["nominal", "sensor_shift"]
+TASKS = {
+    "sensor": {"env": "inverted_pendulum", "stem": "dann_transfer", "title": "a sensor shift (InvertedPendulum-v5)",
+               "variants": {"udr": "experiments/quickstart.toml", "udr_dann": "experiments/inverted_pendulum_dann.toml"},
+               "sets": ["nominal", "sensor_shift"], "timesteps": 80_000},
+    "pixels": {"env": "inverted_pendulum_pixels", "stem": "dann_pixels",
+               "title": "a visual shift (InvertedPendulum-v5 from 64x64 pixels)",
+               "variants": {"udr": "experiments/inverted_pendulum_pixels.toml",
+                            "udr_dann": "experiments/inverted_pendulum_pixels_dann.toml"},
+               "sets": ["nominal", "in_range", "unseen_colours", "dim_light", "camera_offset", "noisy_tinted"],
+               "timesteps": 200_000},
+}
 
 
 def last_logged(run_dir: Path, key: str) -> float | None:
@@ -38,34 +54,46 @@ def last_logged(run_dir: Path, key: str) -> float | None:
     return float(values[-1]) if values else None
 
 
+def run_one(variant: str, experiment: str, seed: int, args: argparse.Namespace, sets: list[str], folder: Path) -> dict:
+    out = folder / f"{variant}_{seed}"
+    env = {**os.environ, "RLSIM2REAL_TORCH_THREADS": "1"}
+    t0 = time.time()
+    for cmd in (["train", str(ROOT / experiment), "--seed", str(seed), "--timesteps", str(args.timesteps), "--out",
+                 str(out), "--no-eval", "--no-progress"],
+                ["evaluate", str(out), "--episodes", str(args.episodes), "--sets", ",".join(sets), "--no-progress"]):
+        proc = subprocess.run([sys.executable, "-m", "rlsim2real.cli", *cmd], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    transfer = json.loads((out / "transfer.json").read_text())
+    result = {"sets": {s: transfer["sets"][s]["mean_return"] for s in sets},
+              "disc_heldout_accuracy": last_logged(out, "dann/heldout_accuracy"),
+              "train_seconds": round(time.time() - t0, 1)}
+    print(variant, seed, result, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=list(TASKS), default="sensor")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--timesteps", type=int, default=80_000)
+    parser.add_argument("--timesteps", type=int, help="agent steps per run (default: the task's)")
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
     args = parser.parse_args()
-    results: dict[str, dict[str, dict]] = {v: {} for v in VARIANTS}
+    task = TASKS[args.task]
+    args.timesteps = args.timesteps or task["timesteps"]
+    variants, sets = task["variants"], task["sets"]
     start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for variant, exp in VARIANTS.items():
-                out = Path(tmp) / f"{variant}_{seed}"
-                t0 = time.time()
-                run = rs.train(exp, timesteps=args.timesteps, seed=seed, out=out, evaluate=False)
-                report = rs.evaluate_transfer(run, episodes=args.episodes, sets=SETS)
-                results[variant][str(seed)] = {
-                    "sets": {s: report.sets[s].mean_return for s in SETS},
-                    "disc_heldout_accuracy": last_logged(out, "dann/heldout_accuracy"),
-                    "train_seconds": round(time.time() - t0, 1),
-                }
-                print(variant, seed, results[variant][str(seed)], flush=True)
-    summary = {
-        v: {s: statistics.mean(r["sets"][s] for r in per_seed.values()) for s in SETS} for v, per_seed in results.items()
-    }
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.workers) as pool:
+        futures = {(v, seed): pool.submit(run_one, v, exp, seed, args, sets, Path(tmp))
+                   for seed in args.seeds for v, exp in variants.items()}
+        results = {v: {str(seed): futures[(v, seed)].result() for seed in args.seeds} for v in variants}
+    summary = {v: {s: statistics.mean(r["sets"][s] for r in per_seed.values()) for s in sets} for v, per_seed in results.items()}
     data = {
         "command": "python benchmarks/bench_dann_transfer.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
-        "env": "inverted_pendulum",
+        "env": task["env"],
+        "experiments": variants,
         "timesteps": args.timesteps,
         "seeds": args.seeds,
         "episodes": args.episodes,
@@ -74,31 +102,32 @@ def main() -> None:
         "wall_seconds": round(time.time() - start, 1),
     }
     out_dir = ROOT / "benchmarks" / "results"
-    write_json(out_dir / "dann_transfer.json", data)
+    write_json(out_dir / f"{task['stem']}.json", data)
     lines = [
-        "# UDR vs UDR + DANN on a sensor shift (InvertedPendulum-v5)",
+        f"# UDR vs UDR + DANN on {task['title']}",
         "",
         f"Command: `{data['command']}`; {args.timesteps} steps per run, seeds {args.seeds}, "
-        f"{args.episodes} deterministic episodes per set (each value: one run's mean over them).",
+        f"{args.episodes} deterministic episodes per set (each value: one run's mean over them). Experiments: "
+        + ", ".join(f"{v} = `{e}`" for v, e in variants.items()) + ".",
         "",
         describe(data["machine"]),
         "",
-        "| variant | seed | nominal | sensor_shift | discriminator held-out accuracy (end) |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | seed | " + " | ".join(sets) + " | discriminator held-out accuracy (end) |",
+        "|---|---:|" + "---:|" * len(sets) + "---:|",
     ]
     for v, per_seed in results.items():
         for seed, r in per_seed.items():
             acc = r["disc_heldout_accuracy"]
-            lines.append(f"| {v} | {seed} | {r['sets']['nominal']:.1f} | {r['sets']['sensor_shift']:.1f} | "
-                         f"{'-' if acc is None else f'{acc:.2f}'} |")
+            lines.append(f"| {v} | {seed} | " + " | ".join(f"{r['sets'][s]:.1f}" for s in sets)
+                         + f" | {'-' if acc is None else f'{acc:.2f}'} |")
     for v, per_seed in results.items():
         cells = []
-        for s_name in SETS:
+        for s_name in sets:
             vals = [r["sets"][s_name] for r in per_seed.values()]
             spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.1f} ± {spread:.1f}")
-        lines.append(f"| **{v} mean ± std over seeds** | | {cells[0]} | {cells[1]} | |")
-    write_text(out_dir / "dann_transfer.md", "\n".join(lines) + "\n")
+        lines.append(f"| **{v} mean ± std over seeds** | | " + " | ".join(cells) + " | |")
+    write_text(out_dir / f"{task['stem']}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -83,6 +83,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def seed_table(title: str, runs: list[dict]) -> list[str]:
+    """A paragraph and the head of a table with one column per seed."""
+    return ["", title, "", "| parameter | uniform box | " + " | ".join(f"seed {r['seed']}" for r in runs) + " |",
+            "|---|---|" + "---|" * len(runs)]
+
+
 def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m: dict, seconds: float) -> tuple[dict, str]:
     strategies = list(pair)
     sets = list(runs[0]["sets"])
@@ -122,10 +128,8 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {box['sets'].get(name, '-')} |")
     adr = [r for r in runs if r["strategy"] == "automatic"]
     if adr:
-        lines += ["", "Final ADR ranges per seed (training box of the uniform run in brackets), and the entropy of the "
-                  "ADR distribution in nats per dimension over dimensions of positive width:", "",
-                  "| parameter | uniform box | " + " | ".join(f"seed {r['seed']}" for r in adr) + " |",
-                  "|---|---|" + "---|" * len(adr)]
+        lines += seed_table("Final ADR ranges per seed (training box of the uniform run in brackets), and the entropy of "
+                            "the ADR distribution in nats per dimension over dimensions of positive width:", adr)
         for name in adr[0]["ranges"]:
             lines.append(f"| {name} | {box['params'].get(name, 'nominal')} | " +
                          " | ".join(f"[{r['ranges'][name][0]:.3g}, {r['ranges'][name][1]:.3g}]" for r in adr) + " |")
@@ -133,10 +137,8 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
         lines.append("| expansions | | " + " | ".join(str(r["expansions"]) for r in adr) + " |")
     active = [r for r in runs if r["strategy"] == "active"]
     if active:
-        lines += ["", "Active DR: reference-env steps (run on the reference env, not trained on) and where the "
-                  "particles ended (mean, min and max over particles):", "",
-                  "| parameter | uniform box | " + " | ".join(f"seed {r['seed']}" for r in active) + " |",
-                  "|---|---|" + "---|" * len(active)]
+        lines += seed_table("Active DR: reference-env steps (run on the reference env, not trained on) and where the "
+                            "particles ended (mean, min and max over particles):", active)
         for name in active[0]["particles"]:
             lines.append(f"| {name} | {box['params'].get(name, 'nominal')} | " + " | ".join(
                 f"{statistics.fmean(r['particles'][name]):.3g} [{min(r['particles'][name]):.3g}, {max(r['particles'][name]):.3g}]"

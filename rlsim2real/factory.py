@@ -11,7 +11,7 @@ import gymnasium as gym
 from rlsim2real.distributions import BoxDistribution, Distribution
 from rlsim2real.params import SpecError
 from rlsim2real.specs import EnvSpec, load_entry_point, load_env_spec
-from rlsim2real.wrappers import ActionDelay, DynamicsRandomization, ObservationNoise, PhysicsGuard
+from rlsim2real.wrappers import ActionDelay, DynamicsRandomization, ObservationNoise, PhysicsGuard, PixelObservation
 from rlsim2real.wrappers.stability import install_warning_handler
 
 
@@ -59,7 +59,8 @@ def make_env(
 
     The stack, inside out: the MuJoCo env (with Gymnasium's time limit), a
     :class:`PhysicsGuard`, :class:`DynamicsRandomization`, :class:`ActionDelay`,
-    :class:`ObservationNoise`. ``env.unwrapped`` is the MuJoCo env. Held-out terms
+    :class:`ObservationNoise`, and for a spec with ``[pixels]`` a
+    :class:`~rlsim2real.wrappers.pixels.PixelObservation` (rendered frames, image terms). ``env.unwrapped`` is the MuJoCo env. Held-out terms
     (``heldout_params``) are present but stay nominal unless pinned.
 
     Args:
@@ -83,6 +84,9 @@ def make_env(
     env = DynamicsRandomization(env, space.select("model"), dist, seed, spec.resample_every)
     env = ActionDelay(env, space.select("action"), distribution=dist, seed=seed)
     env = ObservationNoise(env, space.select("obs"), distribution=dist, seed=seed, resample_every=spec.resample_every)
+    if spec.pixels is not None:
+        env = PixelObservation(env, space.select("image"), distribution=dist, seed=seed,
+                               resample_every=spec.resample_every, **spec.pixels.kwargs())
     if not randomize:
         env.pin({})
     return env

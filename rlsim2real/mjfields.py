@@ -23,17 +23,20 @@ class FieldInfo:
     """How one ``MjModel`` field is addressed and what writing it implies.
 
     Attributes:
-        obj: Object type whose names index the rows (``None`` for ``opt.*``: rows are
-            indexed by position).
+        obj: Object type whose names index the rows (``None`` for ``opt.*`` and ``vis.*``:
+            rows are indexed by position).
         sign: ``"positive"``, ``"nonnegative"`` or ``None`` (any real value).
         set_const: Whether ``mj_setConst`` must run after a write.
         by_joint: Rows are DOFs, named by the joint that owns them.
+        clip: Written values are clipped to ``(low, high)`` (colours: a scaled channel stays
+            in [0, 1], as the renderer would clamp it anyway).
     """
 
     obj: int | None
     sign: str | None = None
     set_const: bool = False
     by_joint: bool = False
+    clip: tuple[float, float] | None = None
 
 
 FIELDS: dict[str, FieldInfo] = {
@@ -58,32 +61,68 @@ FIELDS: dict[str, FieldInfo] = {
     "opt.timestep": FieldInfo(None, "positive"),
     "opt.density": FieldInfo(None, "nonnegative"),
     "opt.viscosity": FieldInfo(None, "nonnegative"),
+    # Appearance: read by the renderer at every frame (pixel observations).
+    "geom_rgba": FieldInfo(_OBJ.mjOBJ_GEOM, clip=(0.0, 1.0)),
+    "mat_rgba": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
+    "mat_emission": FieldInfo(_OBJ.mjOBJ_MATERIAL, "nonnegative"),
+    "mat_specular": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
+    "mat_shininess": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
+    "mat_reflectance": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
+    "light_pos": FieldInfo(_OBJ.mjOBJ_LIGHT),
+    "light_dir": FieldInfo(_OBJ.mjOBJ_LIGHT),
+    "light_diffuse": FieldInfo(_OBJ.mjOBJ_LIGHT, "nonnegative"),
+    "light_ambient": FieldInfo(_OBJ.mjOBJ_LIGHT, "nonnegative"),
+    "light_specular": FieldInfo(_OBJ.mjOBJ_LIGHT, "nonnegative"),
+    # A tracking camera's offset from its target is derived by mj_setConst.
+    "cam_pos": FieldInfo(_OBJ.mjOBJ_CAMERA, set_const=True),
+    "cam_fovy": FieldInfo(_OBJ.mjOBJ_CAMERA, "positive"),
+    "vis.headlight.ambient": FieldInfo(None, "nonnegative"),
+    "vis.headlight.diffuse": FieldInfo(None, "nonnegative"),
+    "vis.headlight.specular": FieldInfo(None, "nonnegative"),
+    "vis.global_.fovy": FieldInfo(None, "positive"),
 }
+
+# Fields that live in nested structs (``opt.gravity``, ``vis.headlight.diffuse``).
+_STRUCT_HEADS = ("opt.", "vis.")
 
 _OBJ_WORD = {
     _OBJ.mjOBJ_BODY: "body",
     _OBJ.mjOBJ_GEOM: "geom",
     _OBJ.mjOBJ_JOINT: "joint",
     _OBJ.mjOBJ_ACTUATOR: "actuator",
+    _OBJ.mjOBJ_MATERIAL: "material",
+    _OBJ.mjOBJ_LIGHT: "light",
+    _OBJ.mjOBJ_CAMERA: "camera",
 }
 
 
 def write_field(model: mujoco.MjModel, field: str, values: np.ndarray) -> None:
     """Write a whole field (shape as :func:`field_array` returns it) into ``model``."""
-    if field.startswith("opt."):
-        current = getattr(model.opt, field[4:])
+    if field.startswith(_STRUCT_HEADS):
+        owner, name = _struct_owner(model, field)
+        current = getattr(owner, name)
         if isinstance(current, np.ndarray):
             current[...] = values
         else:
-            setattr(model.opt, field[4:], float(np.asarray(values).reshape(-1)[0]))
+            setattr(owner, name, float(np.asarray(values).reshape(-1)[0]))
         return
     getattr(model, field)[...] = values
 
 
+def _struct_owner(model: mujoco.MjModel, field: str) -> tuple[object, str]:
+    """The struct holding a dotted field, and the attribute's name in it."""
+    *path, name = field.split(".")
+    owner: object = model
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
 def field_array(model: mujoco.MjModel, field: str) -> np.ndarray:
     """The live array of ``field`` in ``model`` (a view: writing it changes the model)."""
-    if field.startswith("opt."):
-        arr = getattr(model.opt, field[4:])
+    if field.startswith(_STRUCT_HEADS):
+        owner, name = _struct_owner(model, field)
+        arr = getattr(owner, name)
         return arr if isinstance(arr, np.ndarray) else np.asarray([arr])
     return getattr(model, field)
 
@@ -180,6 +219,9 @@ def _count(model: mujoco.MjModel, obj: int) -> int:
         _OBJ.mjOBJ_GEOM: model.ngeom,
         _OBJ.mjOBJ_JOINT: model.njnt,
         _OBJ.mjOBJ_ACTUATOR: model.nu,
+        _OBJ.mjOBJ_MATERIAL: model.nmat,
+        _OBJ.mjOBJ_LIGHT: model.nlight,
+        _OBJ.mjOBJ_CAMERA: model.ncam,
     }[obj]
 
 
@@ -224,11 +266,34 @@ def bind(model: mujoco.MjModel, param: Param, where: str | None = None) -> Bound
         n_cols = arr.shape[1] if arr.ndim == 2 else 1
         if arr.ndim != 2 or not 0 <= column < n_cols:
             raise SpecError(f"{where}: column {column} is out of range for {target.field} ({n_cols} column(s))")
+    _check_visible(model, target.field, rows, where)
     bound = BoundParam(param, target.field, rows, column, np.array(arr[(rows,) if column is None else (rows, column)]))
     for value in (*param.range, *(param.limits or ())):
         bound.check_value(value, where)
     return bound
 
+
+_DEFAULT_RGBA = np.array([0.5, 0.5, 0.5, 1.0], dtype=np.float32)
+
+
+def _check_visible(model: mujoco.MjModel, field: str, rows: np.ndarray, where: str) -> None:
+    """Refuse appearance terms the renderer would ignore: silent no-ops are spec errors.
+
+    A material's ``rgba`` colours only the geoms that use it and keep the default geom
+    colour (every Hopper geom has its own, for one); a directional light's position moves
+    nothing.
+    """
+    if field == "mat_rgba":
+        shown = [int(m) for m in rows if np.any((model.geom_matid == m) & np.all(model.geom_rgba == _DEFAULT_RGBA, axis=1))]
+        if not shown:
+            names = ", ".join(model.material(int(m)).name or f"#{int(m)}" for m in rows)
+            users = [model.geom(i).name or f"#{i}" for i in np.flatnonzero(np.isin(model.geom_matid, rows))]
+            raise SpecError(f"{where}: mat_rgba of {names} shows on no geom: the geoms that use it "
+                            f"({', '.join(users) or 'none'}) have colours of their own, which the renderer draws "
+                            f"instead; randomize geom_rgba of those geoms")
+    if field == "light_pos" and np.all(model.light_type[rows] == mujoco.mjtLightType.mjLIGHT_DIRECTIONAL):
+        raise SpecError(f"{where}: light_pos of a directional light moves nothing in the picture; "
+                        f"randomize light_dir instead")
 
 class ModelWriter:
     """Write parameter vectors into MjModels through :func:`bind`'s bindings.

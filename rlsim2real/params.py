@@ -64,9 +64,12 @@ class Target:
 
     @property
     def kind(self) -> str:
-        """``"obs"`` or ``"action"`` for sensor/actuator terms, else ``"model"``."""
+        """``"obs"`` or ``"action"`` for sensor/actuator terms, ``"image"`` for the image-space
+        and texture terms of pixel observations, else ``"model"``."""
         head = self.field.split(".", 1)[0]
-        return head if head in ("obs", "action") else "model"
+        if head == "texture":
+            return "image"
+        return head if head in ("obs", "action", "image") else "model"
 
     @classmethod
     def parse(cls, text: str) -> "Target":
@@ -280,7 +283,7 @@ class ParamSpace:
         return ParamSpace(p for p in self._params if p.name in wanted)
 
     def select(self, kind: str) -> "ParamSpace":
-        """The Params whose target kind is ``"model"``, ``"obs"`` or ``"action"``."""
+        """The Params whose target kind is ``"model"``, ``"obs"``, ``"action"`` or ``"image"``."""
         return ParamSpace(p for p in self._params if p.parsed.kind == kind)
 
     def to_dict(self, vector: Sequence[float] | np.ndarray) -> dict[str, float]:

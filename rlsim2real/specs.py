@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsim2real.params import Param, ParamSpace, SpecError
+from rlsim2real.params import Param, ParamSpace, SpecError, Target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,9 +133,11 @@ def _typed(value: Any, types: type | tuple[type, ...], where: str, expected: str
 
 
 # --------------------------------------------------------------------------- env specs
-_ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "description")
+_ENV_KEYS = ("env", "randomization", "evaluation", "params", "heldout_params", "real_sets", "pixels", "description")
+_PIXEL_KEYS = ("width", "height", "camera", "frame_stack", "state", "distance", "azimuth", "elevation", "lookat",
+               "track", "fast")
 _ENV_TABLE_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "description")
-_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "description")
+_PARAM_KEYS = ("target", "range", "mode", "dist", "mean", "std", "limits", "per_element", "description")
 _EVAL_KEYS = ("success_return", "color_max", "grid")
 _GRID_KEYS = ("x", "y", "x_values", "y_values")
 
@@ -148,6 +150,66 @@ class GridSpec:
     y: str
     x_values: tuple[float, ...]
     y_values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """The ``[pixels]`` table: the observation is the rendered image (see
+    :class:`~rlsim2real.wrappers.pixels.PixelObservation`).
+
+    Attributes:
+        width, height: Frame size.
+        camera: A camera of the model, or ``None`` for a free camera placed by ``distance``,
+            ``azimuth``, ``elevation``, ``lookat`` (following body ``track`` if set).
+        frame_stack: Frames per observation, along the channel axis.
+        state: Observe a dict of ``image`` and the env's ``state`` vector.
+        fast: MuJoCo's fast software-rendering settings (no multisampling, shadows,
+            reflections or skybox).
+    """
+
+    width: int = 64
+    height: int = 64
+    camera: str | None = None
+    frame_stack: int = 1
+    state: bool = False
+    distance: float | None = None
+    azimuth: float | None = None
+    elevation: float | None = None
+    lookat: tuple[float, float, float] | None = None
+    track: str | None = None
+    fast: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _PIXEL_KEYS}
+
+
+def _parse_pixels(table: Any, where: str) -> PixelSpec:
+    t = check_keys(table, _PIXEL_KEYS, where)
+    out: dict[str, Any] = {}
+    for key in ("width", "height", "frame_stack"):
+        if key in t:
+            value = _typed(t[key], int, f"{where}.{key}", "a positive integer")
+            if value < 1 or (key != "frame_stack" and value > 4096):
+                raise SpecError(f"{where}.{key}: expected a positive integer{' up to 4096' if key != 'frame_stack' else ''}, got {value}")
+            out[key] = int(value)
+    for key in ("camera", "track"):
+        if key in t:
+            out[key] = _typed(t[key], str, f"{where}.{key}", "a name in the model")
+    for key in ("state", "fast"):
+        if key in t:
+            out[key] = _typed(t[key], bool, f"{where}.{key}", "true or false")
+    for key in ("distance", "azimuth", "elevation"):
+        if key in t:
+            out[key] = float(_typed(t[key], (int, float), f"{where}.{key}", "a number"))
+    if "lookat" in t:
+        look = t["lookat"]
+        if not (isinstance(look, list) and len(look) == 3 and all(isinstance(v, (int, float)) for v in look)):
+            raise SpecError(f"{where}.lookat: expected three numbers [x, y, z], got {look!r}")
+        out["lookat"] = tuple(float(v) for v in look)
+    if "camera" in out and any(k in out for k in ("distance", "azimuth", "elevation", "lookat", "track")):
+        raise SpecError(f"{where}.camera: a model camera is placed by the model; distance, azimuth, elevation, "
+                        f"lookat and track place the free camera (give one or the other)")
+    return PixelSpec(**out)
 
 
 @dataclass
@@ -170,6 +232,7 @@ class EnvSpec:
         grid: Default grid for ``evaluate --grid``.
         color_max: Top of the grid heat map's fixed colour scale, which starts at 0
             (``None``: ``success_return``; with neither, the map scales to its own data).
+        pixels: Render the observation (``None``: the env's own observation).
     """
 
     name: str
@@ -187,6 +250,7 @@ class EnvSpec:
     path: Path | None = None
     nominal: dict[str, float] = field(default_factory=dict)
     color_max: float | None = None
+    pixels: PixelSpec | None = None
 
     @property
     def all_params(self) -> ParamSpace:
@@ -234,6 +298,8 @@ class EnvSpec:
             description=d.get("description", ""),
             path=Path(d["path"]) if d.get("path") else None,
             nominal={k: float(v) for k, v in (d.get("nominal") or {}).items()},
+            pixels=None if d.get("pixels") is None else PixelSpec(**{
+                k: (tuple(v) if k == "lookat" and v is not None else v) for k, v in d["pixels"].items()}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,7 +320,29 @@ class EnvSpec:
             "grid": None if self.grid is None else self.grid.__dict__,
             "description": self.description,
             "nominal": self.nominal,
+            "pixels": None if self.pixels is None else {k: (list(v) if isinstance(v, tuple) else v)
+                                                        for k, v in self.pixels.kwargs().items()},
         }
+
+
+def _parse_params(name: str, table: Any, where: str, heldout: bool) -> list[Param]:
+    """One term, or with ``per_element = true`` one term per listed element, each drawn on
+    its own (named ``name.element``): every geom its own colour instead of one shared draw."""
+    if not (isinstance(table, Mapping) and table.get("per_element", False)):
+        return [_parse_param(name, table, where, heldout)]
+    _typed(table["per_element"], bool, f"{where}.per_element", "true or false")
+    target = Target.parse(str(table.get("target", "")))
+    elements = [e.strip() for e in (target.element or "").split("|") if e.strip()]
+    if len(elements) < 2 or "*" in elements:
+        raise SpecError(f"{where}.per_element: expected a target that lists its elements (a|b|c), got "
+                        f"{table.get('target')!r}")
+    column = "" if target.column is None else f",{target.column}"
+    out = []
+    for element in elements:
+        one = {k: v for k, v in table.items() if k != "per_element"}
+        one["target"] = f"{target.field}[{element}{column}]"
+        out.append(_parse_param(f"{name}.{element.lstrip('#')}", one, where, heldout))
+    return out
 
 
 def _parse_param(name: str, table: Any, where: str, heldout: bool) -> Param:
@@ -318,8 +406,8 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
         raise SpecError(f"{f}: randomization.resample_every: expected an integer >= 0, got {resample}")
     params_t = check_keys(data.get("params", {}), None, f"{f}: params")
     held_t = check_keys(data.get("heldout_params", {}), None, f"{f}: heldout_params")
-    params = [_parse_param(n, t, f"{f}: params.{n}", heldout=False) for n, t in params_t.items()]
-    held = [_parse_param(n, t, f"{f}: heldout_params.{n}", heldout=True) for n, t in held_t.items()]
+    params = [p for n, t in params_t.items() for p in _parse_params(n, t, f"{f}: params.{n}", heldout=False)]
+    held = [p for n, t in held_t.items() for p in _parse_params(n, t, f"{f}: heldout_params.{n}", heldout=True)]
     clash = sorted(set(params_t) & set(held_t))
     if clash:
         raise SpecError(f"{f}: heldout_params.{clash[0]}: name already used in params")
@@ -335,6 +423,12 @@ def load_env_spec(name_or_path: str | os.PathLike, validate: bool = True) -> Env
         description=str(data.get("description", env_t.get("description", ""))),
         path=path,
     )
+    if "pixels" in data:
+        spec.pixels = _parse_pixels(data["pixels"], f"{f}: pixels")
+    elif any(p.parsed.kind == "image" for p in spec.all_params):
+        name = next(p.name for p in spec.all_params if p.parsed.kind == "image")
+        section = "params" if name in spec.params else "heldout_params"
+        raise SpecError(f"{f}: {section}.{name}: image terms need pixel observations; add a [pixels] table")
     all_names = spec.all_params.names
     sets_t = check_keys(data.get("real_sets", {}), None, f"{f}: real_sets")
     for set_name, values in sets_t.items():
@@ -393,6 +487,7 @@ def validate_env_spec(spec: EnvSpec) -> None:
     from rlsim2real import mjfields
     from rlsim2real.factory import make_base_env
     from rlsim2real.wrappers import ActionDelay, ObservationNoise
+    from rlsim2real.wrappers.pixels import IMAGE_NOMINAL, check_image_value
 
     f = spec.source
     env = make_base_env(spec)
@@ -408,6 +503,16 @@ def validate_env_spec(spec: EnvSpec) -> None:
                         bound = mjfields.bind(model, p, where)
                         checkers[p.name] = bound.check_value
                         spec.nominal[p.name] = bound.nominal_value()
+                    elif kind == "image":
+                        for value in (*p.range, *(p.limits or ())):
+                            check_image_value(p, value, where)
+                        texture = p.parsed.element if p.parsed.field.startswith("texture.") else None
+                        if texture is not None and mjfields.mujoco.mj_name2id(model, mjfields.mujoco.mjtObj.mjOBJ_TEXTURE, texture) < 0:
+                            names = [model.texture(i).name for i in range(model.ntex)]
+                            raise SpecError(f"{where}: unknown texture {texture!r}; the model has "
+                                            f"{', '.join(n for n in names if n) or 'no named textures'}")
+                        checkers[p.name] = (lambda q: lambda v, wh: check_image_value(q, v, wh))(p)
+                        spec.nominal[p.name] = float(p.identity) if p.identity is not None else IMAGE_NOMINAL[p.parsed.field]
                     else:
                         wrapper = (ObservationNoise if kind == "obs" else ActionDelay)(env, [p])
                         checkers[p.name] = (lambda w, n: lambda v, wh: _recheck(w, n, v, wh))(wrapper, p.name)
@@ -577,7 +682,7 @@ def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = 
 
 
 # -------------------------------------------------------------------- experiment specs
-VEC_ENVS = ("dummy", "subproc")
+VEC_ENVS = ("dummy", "subproc", "batched")
 _EXP_KEYS = ("experiment", "strategy", "hyperparameters", "evaluation", "target", "description")
 _TARGET_KEYS = ("set", "file", "episodes", "refresh_every")
 
@@ -603,7 +708,7 @@ class TargetSpec:
         return {"set": self.set, "file": str(self.file) if self.file else None, "episodes": self.episodes,
                 "refresh_every": self.refresh_every}
 _EXP_TABLE_KEYS = (
-    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "normalize",
+    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "threads", "normalize",
     "checkpoint_every", "device", "max_episode_steps", "description",
 )
 _EXP_EVAL_KEYS = ("episodes", "sets", "grid", "enabled")
@@ -622,6 +727,7 @@ class ExperimentSpec:
     seed: int = 0
     n_envs: int = 4
     vec_env: str = "dummy"
+    threads: int = 1
     normalize: bool = True
     checkpoint_every: int = 0
     device: str = "auto"
@@ -655,6 +761,8 @@ class ExperimentSpec:
             "seed": self.seed,
             "n_envs": self.n_envs,
             "vec_env": self.vec_env,
+            # Only batched envs have threads; other runs' configs stay as they were (resume).
+            **({"threads": self.threads} if self.vec_env == "batched" else {}),
             "normalize": self.normalize,
             "checkpoint_every": self.checkpoint_every,
             "device": self.device,
@@ -691,6 +799,15 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     vec_env = e.get("vec_env", "dummy")
     if vec_env not in VEC_ENVS:
         raise SpecError(f"{f}: experiment.vec_env: expected one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    if vec_env == "batched":
+        from rlsim2real.batched import batched_support
+
+        why = batched_support(env)
+        if why is not None:
+            raise SpecError(f"{f}: experiment.vec_env: batched: {why}")
+    threads = _positive_int(e.get("threads", 1), f"{f}: experiment.threads", allow_zero=True)
+    if "threads" in e and vec_env != "batched":
+        raise SpecError(f"{f}: experiment.threads: only vec_env = \"batched\" has simulation threads; got vec_env = {vec_env!r}")
     device = e.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")
@@ -722,6 +839,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         seed=_positive_int(e.get("seed", 0), f"{f}: experiment.seed", allow_zero=True),
         n_envs=n_envs,
         vec_env=vec_env,
+        threads=threads,
         normalize=bool(_typed(e.get("normalize", True), bool, f"{f}: experiment.normalize", "true or false")),
         checkpoint_every=_positive_int(e.get("checkpoint_every", 0), f"{f}: experiment.checkpoint_every", allow_zero=True),
         device=device,

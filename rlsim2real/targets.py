@@ -32,7 +32,7 @@ def load_target_file(path: Path, obs_shape: tuple[int, ...]) -> np.ndarray:
             f"{path}: target observations have shape {tuple(obs.shape[1:])} per step; "
             f"expected {tuple(obs_shape)} (the env's observation shape)"
         )
-    return obs.astype(np.float32)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
 
 
 class TargetSource:
@@ -60,6 +60,9 @@ class TargetSource:
         self.collections = 0
         self._raw = load_target_file(target.file, obs_shape) if target.file is not None else None
         self._runner: EpisodeRunner | None = None  # built at the first collection, then reused
+        # SB3 hands a CNN channel-last images transposed (VecTransposeImage): targets too.
+        seen = tuple(getattr(getattr(model, "observation_space", None), "shape", None) or ())
+        self._transpose = len(obs_shape) == 3 and seen == (obs_shape[2], obs_shape[0], obs_shape[1]) != tuple(obs_shape)
 
     def _collect(self) -> np.ndarray:
         """Raw observations (sensor terms applied, not normalized) of fresh target episodes."""
@@ -82,5 +85,7 @@ class TargetSource:
         self.calls += 1
         raw = self._raw
         if self.normalizer is not None:
-            return self.normalizer.normalize_obs(raw).astype(np.float32)
-        return raw
+            raw = self.normalizer.normalize_obs(raw)
+        if self._transpose:
+            raw = np.ascontiguousarray(np.transpose(raw, (0, 3, 1, 2)))
+        return raw if raw.dtype == np.uint8 else raw.astype(np.float32)

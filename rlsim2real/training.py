@@ -39,6 +39,7 @@ from rlsim2real.runs import (
 )
 from rlsim2real.specs import EnvSpec, ExperimentSpec, algorithm_class, load_experiment_spec
 from rlsim2real.strategies import Strategy, make_strategy
+from stable_baselines3.common.preprocessing import is_image_space
 from rlsim2real.strategies.feedback import StrategyFeedback
 from rlsim2real.targets import TargetSource
 
@@ -58,7 +59,8 @@ def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
 
 
 def make_vec_env(
-    spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True
+    spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True,
+    threads: int = 1,
 ) -> VecEnv:
     """``n_envs`` randomized workers; worker ``i`` is seeded ``seed + i``.
 
@@ -67,9 +69,19 @@ def make_vec_env(
         n_envs: Number of workers.
         seed: Base seed.
         distribution: The initial distribution every worker samples from.
-        kind: ``"dummy"`` (in process) or ``"subproc"`` (one process per worker).
+        kind: ``"dummy"`` (in process), ``"subproc"`` (one process per worker) or
+            ``"batched"`` (one :class:`~rlsim2real.batched.BatchedVecEnv`: the worlds
+            stepped together on ``threads`` threads, built-in tasks only).
         reseed: Seed the first reset (``False`` when sampler states are restored instead).
+        threads: Simulation threads of a batched env (0: all CPUs).
     """
+    if kind == "batched":
+        from rlsim2real.batched import BatchedVecEnv
+
+        venv = BatchedVecEnv(spec, n_envs, seed=seed, distribution=distribution, threads=threads)
+        if reseed:
+            venv.seed(seed)
+        return venv
     fns = [_worker(spec, seed + i, distribution) for i in range(n_envs)]
     venv = SubprocVecEnv(fns) if kind == "subproc" else DummyVecEnv(fns)
     if reseed:
@@ -110,8 +122,9 @@ def save_artifacts(model: Any, strategy: Strategy, folder: Path) -> None:
     """
     folder.mkdir(parents=True, exist_ok=True)
     venv = model.get_env()
-    if isinstance(venv, VecNormalize):
-        atomic_write(folder / "vecnormalize.pkl", venv.save)
+    normalizer = model.get_vec_normalize_env()  # under SB3's VecTransposeImage for images
+    if normalizer is not None:
+        atomic_write(folder / "vecnormalize.pkl", normalizer.save)
     atomic_write(folder / "strategy.pkl", lambda p: _pickle(p, strategy.state_dict()))
     samplers = venv.env_method("sampler_state") if venv is not None else []
     atomic_write(folder / "samplers.pkl", lambda p: _pickle(p, samplers))
@@ -239,14 +252,17 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
         restore_strategy(strategy, checkpoint)
     resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()
     venv = make_vec_env(
-        spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers
+        spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers,
+        threads=spec.threads,
     )
     try:
         if resumed_samplers:
             restore_samplers(venv, checkpoint)
         if spec.normalize:
             stats = checkpoint / "vecnormalize.pkl" if checkpoint is not None else None
-            venv = load_normalizer(stats, venv) if stats and stats.is_file() else VecNormalize(venv)
+            # Images are not standardized (the CNN scales uint8 pixels itself); rewards are.
+            image = is_image_space(venv.observation_space)
+            venv = load_normalizer(stats, venv) if stats and stats.is_file() else VecNormalize(venv, norm_obs=not image)
             venv.training = True
         strategy.broadcast(venv)
         model = _build_model(spec, venv, checkpoint, verbose)

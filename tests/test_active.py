@@ -319,7 +319,37 @@ def test_bad_active_setting_on_the_cli_is_one_line_exit_2_and_no_run(tmp_path):
     assert not out.exists()
 
 
+def test_active_dr_refuses_pixel_envs_by_name():
+    with pytest.raises(SpecError, match="strategy.name: active DR's discriminator reads .* observes pixels"):
+        ActiveStrategy(rs.load_env_spec("inverted_pendulum_pixels"))
+
+
 def test_every_built_in_active_experiment_loads():
     for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*active*.toml")):
         spec = rs.load_experiment_spec(path)
         assert spec.strategy == "active", path
+
+
+def test_an_active_checkpoint_holds_particles_and_discriminator_and_a_resume_continues(tmp_path):
+    exp = tmp_path / "active.toml"
+    exp.write_text(ACTIVE_TINY.format(timesteps=512, vec_env="dummy").replace("checkpoint_every = 0",
+                                                                                "checkpoint_every = 256"))
+    out = tmp_path / "run"
+    rs.train(exp, out=out, evaluate=False, timesteps=256)  # stopped at its checkpoint
+    ckpt = rs.runs.Run.open(out).checkpoints()[0]
+    state = pickle.loads((ckpt / "strategy.pkl").read_bytes())
+    assert state["strategy"] == "active" and state["round"] >= 1
+    assert state["discriminator"] is not None and state["disc_optimizer"]["state"]
+    assert len(state["svpg"]["particles"]) == 2 and state["svpg"]["actor_optimizers"][0]["state"]
+    restored = ActiveStrategy(rs.load_experiment_spec(exp).train_env,
+                              ActiveSettings(particles=2, reference_episodes=1, discriminator_updates=5))
+    restored.load_state_dict(state)
+    for x, y in zip(restored.discriminator.state_dict().values(), state["discriminator"].values()):
+        assert th.equal(x, y)
+    assert np.array_equal(restored.distribution.vectors, state["distribution"].vectors)
+    (out / "run.json").write_text(json.dumps({"status": "running", "timesteps": 256}))
+    rs.train(exp, out=out, resume=True, evaluate=False)
+    rows = list(csv.DictReader(open(out / "logs" / "progress.csv")))
+    rounds = [float(r["active/rounds"]) for r in rows if r.get("active/rounds")]
+    assert rounds == sorted(rounds) and rounds[-1] > state["round"]  # continued, not restarted
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"

@@ -36,3 +36,21 @@ def test_automatic_dr_grows_the_ranges_while_the_policy_keeps_balancing(tmp_path
     report = rs.evaluate_transfer(run, episodes=5, sets=["nominal", "sticky_cart"])
     assert report.sets["nominal"].mean_return > 900
     assert (run.path / "ranges.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_active_dr_learns_inverted_pendulum_and_its_discriminator_tells_the_envs_apart(tmp_path):
+    import csv
+
+    run = rs.train(ROOT / "experiments" / "inverted_pendulum_active.toml", out=tmp_path / "run", evaluate=False)
+    rows = [r for r in csv.DictReader(open(run.path / "logs" / "progress.csv")) if r.get("active/disc_accuracy")]
+    # Rounds went on all through training, and the reference steps stayed a side cost.
+    assert float(rows[-1]["active/rounds"]) >= 20
+    assert 0 < float(rows[-1]["active/reference_steps"]) < 0.5 * float(rows[-1]["time/total_timesteps"])
+    # Late in training the discriminator does better than chance on the particles' envs.
+    late = [float(r["active/disc_accuracy"]) for r in rows[len(rows) // 2 :]]
+    assert sum(late) / len(late) > 0.55
+    report = rs.evaluate_transfer(run, episodes=10, sets=["nominal", "in_range"])
+    assert report.sets["nominal"].mean_return > 900
+    assert report.sets["in_range"].mean_return > 900
+    assert (run.path / "particles.png").stat().st_size > 5000

@@ -125,6 +125,9 @@ class ActiveSettings(StrategySettings):
         need(self.box in BOXES, "box", f"one of {', '.join(BOXES)}")
         sets = ("nominal", *env.real_sets)
         need(self.reference in sets, "reference", f"'nominal' or a real set of {env.source} ({', '.join(sets)})")
+        if getattr(env, "pixels", None) is not None:
+            raise SpecError(f"{where}.name: active DR's discriminator reads (s, a, s') state transitions; "
+                            f"{env.source} observes pixels (use uniform or automatic DR there)")
         training = env.params.names
         if not training:
             raise SpecError(f"{where}.params: {env.source} has no training parameters for the particles to search")

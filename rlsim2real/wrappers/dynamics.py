@@ -81,15 +81,16 @@ class DynamicsRandomization(RandomizationWrapper):
         # Live views of the model's arrays; scalar options (opt.timestep, ...) have no view
         # and are written through a one-element buffer.
         self._live = {f: field_array(model, f) for f in self._nominal}
-        self._scalar_opts = [
-            f for f in self._live if f.startswith("opt.") and not isinstance(getattr(model.opt, f[4:]), np.ndarray)
-        ]
+        self._scalar_opts = [f for f in self._live if "." in f and self._live[f].base is None and self._live[f].size == 1
+                             and not isinstance(_struct_value(model, f), np.ndarray)]
         for f in self._scalar_opts:
             self._live[f] = np.array(self._nominal[f], copy=True)
         self._live_flat = {f: arr.reshape(-1) for f, arr in self._live.items()}
         if any(not np.shares_memory(self._live_flat[f], self._live[f]) for f in self._live):
             raise RuntimeError("MjModel field arrays are expected to be contiguous")
         self._plan_fields()
+        # Colours and the like are clipped to their valid interval after every write.
+        self._clipped = [(self._live[f], *FIELDS[f].clip) for f in self._nominal if FIELDS[f].clip is not None]
         if "body_mass" in fields:
             # Inertia follows mass: inertia = nominal inertia * (mass / nominal mass), for
             # bodies with a positive nominal mass (ratio 1 for the others, e.g. the world).
@@ -189,9 +190,18 @@ class DynamicsRandomization(RandomizationWrapper):
                 live["body_inertia"] *= self._mass_ratio_column
             else:
                 np.multiply(self._nominal["body_inertia"], self._mass_ratio_column, out=live["body_inertia"])
+        for arr, lo, hi in self._clipped:
+            np.clip(arr, lo, hi, out=arr)
         for f in self._scalar_opts:
             write_field(self._model, f, live[f])
         if self._needs_const:
             if applied is None or any(listed[k] != applied[k] for k in self._const_at):
                 mujoco.mj_setConst(self._model, self._scratch)
         self._applied = listed
+
+
+def _struct_value(model: mujoco.MjModel, field: str) -> object:
+    owner: object = model
+    for part in field.split("."):
+        owner = getattr(owner, part)
+    return owner

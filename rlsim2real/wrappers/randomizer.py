@@ -167,6 +167,12 @@ class Randomizer:
         if high != low:
             layer._check_value(name, high)
 
+    def check_physics(self, name: str, value: float) -> None:
+        """Raise :class:`SpecError` if ``value`` is unphysical for ``name`` (limits aside, as
+        for a pin); batched worlds check their values through a Gymnasium env's sampler."""
+        self._prepare()
+        self._owner[name]._check_value(name, float(value))
+
     def pin(self, values: Mapping[str, float]) -> None:
         """Run on fixed values from the next draw on; parameters not named stay nominal.
 

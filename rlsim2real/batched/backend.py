@@ -1,0 +1,154 @@
+"""The simulation seam of the batched env: N worlds of one model behind a small interface.
+
+:class:`BatchedVecEnv` never touches MuJoCo itself; it talks to a :class:`SimBackend`:
+reset some worlds to given joint positions and velocities, step every world with its
+controls, write per-world values into model fields, recompute derived constants, and report
+which worlds went unstable. :class:`MujocoBatchBackend` implements it on ``mujoco.batch``
+(CPU threads). A MuJoCo Warp backend (``mujoco-warp``: per-world model fields and state on
+the GPU) implements the same methods on its ``Model``/``Data`` arrays; nothing above this
+module changes (see docs/batched.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import mujoco
+import numpy as np
+from mujoco import batch as mj_batch
+
+
+# MuJoCo resets a diverging simulation and counts one of these (other warnings, such as a
+# full contact buffer, are not instability).
+UNSTABLE_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQACC,
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADCTRL,
+)
+
+
+class SimBackend(ABC):
+    """N simulations of one model, each with its own state and its own model fields.
+
+    Arrays are numpy, shape (n_worlds, ...); a GPU backend copies at this boundary.
+
+    Attributes:
+        model: The nominal model (never written: per-world values live in the backend).
+        n_worlds: Number of simulations.
+    """
+
+    model: mujoco.MjModel
+    n_worlds: int
+
+    @abstractmethod
+    def reset(self, ids: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        """Reset worlds ``ids`` to the model's defaults, then set their joint state and run
+        the forward dynamics (as Gymnasium's ``MujocoEnv.reset`` + ``set_state``).
+
+        Args:
+            ids: Sorted world indices, shape (k,).
+            qpos: Shape (k, nq).
+            qvel: Shape (k, nv).
+        """
+
+    @abstractmethod
+    def step(self, ctrl: np.ndarray, nstep: int) -> None:
+        """Set every world's controls, shape (n_worlds, nu), and advance it ``nstep``
+        physics steps (``mj_step`` with ``nstep``)."""
+
+    @property
+    @abstractmethod
+    def qpos(self) -> np.ndarray:
+        """Joint positions, shape (n_worlds, nq) (read only)."""
+
+    @property
+    @abstractmethod
+    def qvel(self) -> np.ndarray:
+        """Joint velocities, shape (n_worlds, nv) (read only)."""
+
+    @abstractmethod
+    def model_field(self, field: str) -> np.ndarray:
+        """The per-world values of a model field (``body_mass``, ``opt.gravity``, ...),
+        shape (n_worlds, *field shape); writing it changes those worlds' models."""
+
+    @abstractmethod
+    def set_const(self, ids: np.ndarray) -> None:
+        """Recompute derived constants (``mj_setConst``) of worlds ``ids`` after writes."""
+
+    @abstractmethod
+    def unstable_since_last_call(self) -> np.ndarray:
+        """Worlds that counted an instability warning since the last call, shape (n_worlds,) bool."""
+
+    def close(self) -> None:
+        """Release the backend's resources."""
+
+
+class MujocoBatchBackend(SimBackend):
+    """:class:`SimBackend` on ``mujoco.batch.Batch``: ``n_worlds`` simulations on ``threads``
+    threads, bit-identical to a loop over one ``MjData`` each, at any thread count.
+
+    Args:
+        model: The nominal model (the batch runs on a copy; this one is not written).
+        n_worlds: Number of simulations.
+        threads: Threads, the caller's included (0: all CPUs).
+    """
+
+    def __init__(self, model: mujoco.MjModel, n_worlds: int, threads: int = 1) -> None:
+        self.model = model
+        self.n_worlds = int(n_worlds)
+        self.batch = mj_batch.Batch(model, self.n_worlds, int(threads))
+        self.threads = self.batch.nthread
+        self._qpos = self.batch.bind("qpos")
+        self._qvel = self.batch.bind("qvel")
+        self._ctrl = self.batch.bind("ctrl")
+        # Warning counters: (n_worlds, mjNWARNING, [lastinfo, number]).
+        self._bad = np.array([int(w) for w in UNSTABLE_WARNINGS], dtype=np.intp)
+        self._counts = self._warning_numbers()
+        self.batch.reset([0])
+        self._reset_row = self.batch.state[0].copy()
+
+    def _warning_numbers(self) -> np.ndarray:
+        return self.batch.warning[:, self._bad, 1].copy()
+
+    def reset(self, ids: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        # mj_resetData leaves the same state row in every world (the worlds differ in model
+        # fields, not in what a reset sets), so it is copied rather than recomputed; and the
+        # mj_forward that Gymnasium's set_state runs computes only derived quantities, which
+        # this batch (not persistent) recomputes from the state at the next step anyway.
+        # Both shortcuts are covered by the step-for-step tests against Gymnasium.
+        state = self.batch.state
+        state[ids] = self._reset_row
+        self._qpos[ids] = qpos
+        self._qvel[ids] = qvel
+
+    def step(self, ctrl: np.ndarray, nstep: int) -> None:
+        self._ctrl[...] = ctrl
+        self.batch.step(nstep=nstep)
+
+    @property
+    def qpos(self) -> np.ndarray:
+        return self._qpos
+
+    @property
+    def qvel(self) -> np.ndarray:
+        return self._qvel
+
+    def model_field(self, field: str) -> np.ndarray:
+        values = self.batch.expand(field)
+        if field.startswith("opt.") and values.ndim == 1:
+            # A scalar option (opt.timestep): one column, as mjfields.field_array gives it.
+            return values.reshape(self.n_worlds, 1)
+        return values
+
+    def set_const(self, ids: np.ndarray) -> None:
+        self.batch.set_const(np.asarray(ids, dtype=np.int32))
+
+    def unstable_since_last_call(self) -> np.ndarray:
+        counts = self._warning_numbers()
+        moved = (counts != self._counts).any(axis=1)
+        self._counts = counts
+        return moved
+
+
+BACKENDS = {"mujoco_batch": MujocoBatchBackend}
