@@ -25,13 +25,8 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-# Gymnasium v5 envs whose observation is (qpos[skip:], clip(qvel, -c, c)).
-_BUILTIN = {
-    "Hopper": 10.0,
-    "Walker2d": 10.0,
-    "HalfCheetah": None,
-    "InvertedPendulum": None,
-}
+# The velocity bound of Hopper's and Walker2d's observations.
+_CLIP = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,20 +66,23 @@ def state_map(env: gym.Env) -> StateMap | None:
             check if check is not None else (lambda obs: np.ones(len(obs), dtype=bool)),
             f"{cls.__name__}.obs_from_state",
         )
-    kind = next((k for k in _BUILTIN if cls.__name__ == f"{k}Env"), None)
-    if kind is None:
+    from rlsim2real.batched.tasks import task_for
+
+    # The built-in envs' observation functions are the batched env's (one copy of each).
+    task = task_for(base)
+    if task is None:
         return None
-    clip = _BUILTIN[kind]
-    skip = 1 if getattr(base, "_exclude_current_positions_from_observation", False) else 0
-    return _position_velocity_map(nq, nv, skip, clip, f"{cls.__name__} (qpos[{skip}:], qvel)")
+    skip = int(getattr(task, "skip", 0))
+    clip = _CLIP if getattr(task, "clip_velocity", False) else None
+    return _position_velocity_map(nq, nv, skip, clip, task.observe, f"{cls.__name__} (qpos[{skip}:], qvel)")
 
 
-def _position_velocity_map(nq: int, nv: int, skip: int, clip: float | None, name: str) -> StateMap:
+def _position_velocity_map(
+    nq: int, nv: int, skip: int, clip: float | None,
+    obs_from_state: Callable[[np.ndarray, np.ndarray], np.ndarray], name: str,
+) -> StateMap:
+    """The inverse of an observation ``(qpos[skip:], clip(qvel))``, and which rows it pins down."""
     npos = nq - skip
-
-    def obs_from_state(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        vel = np.clip(qvel, -clip, clip) if clip is not None else qvel
-        return np.concatenate([qpos[:, skip:], vel], axis=1)
 
     def state_from_obs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         obs = np.asarray(obs, dtype=np.float64)
