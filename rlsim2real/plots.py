@@ -28,10 +28,7 @@ def plot_ranges(
         limits: Limits per parameter, shape (n_params, 2).
         initial: Initial ranges, shape (n_params, 2).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     steps = np.array([t for t, _ in history], dtype=float)
     ranges = np.array([r for _, r in history], dtype=float)  # (snapshots, n, 2)
@@ -58,9 +55,26 @@ def plot_ranges(
     if n:
         axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle("ADR ranges over training (dashed: limits)", fontsize=10)
+    return _save(fig, path)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
-        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=90), suffix=".png")
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi), suffix=".png")
     finally:
         plt.close(fig)
 
@@ -83,10 +97,7 @@ def plot_particles(
         limits: Limits per parameter, shape (n_params, 2).
         box: Training box per parameter, shape (n_params, 2).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     steps = np.array([t for t, _ in history], dtype=float)
@@ -120,11 +131,7 @@ def plot_particles(
         ax.set_ylabel(names[0] if names else "")
         ax.set_title("Active DR particles over training", fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=90), suffix=".png")
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_fit(
@@ -147,10 +154,7 @@ def plot_fit(
         to_values: Normalized vectors (m, n) -> values in the Params' units.
         truth: True values, shape (n,), or ``None``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     n = len(names)
     cols = min(3, max(1, n))
@@ -182,12 +186,4 @@ def plot_fit(
             ax.legend(fontsize=7, loc="upper right")
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
-    fig.tight_layout()
-
-    def save(p: Path) -> None:
-        fig.savefig(p, dpi=100, format="png")
-
-    try:
-        return atomic_write(path, save, suffix=".png")
-    finally:
-        plt.close(fig)
+    return _save(fig, path, dpi=100)
