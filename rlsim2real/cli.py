@@ -59,6 +59,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render_grid(args: argparse.Namespace) -> int:
+    from rlsim2real.plots import plot_render_grid
+    from rlsim2real.specs import load_env_spec
+
+    spec = load_env_spec(args.spec)
+    out = plot_render_grid(args.out or f"{spec.name}_grid.png", spec, n=args.n, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rlsim2real.evaluation import evaluate_transfer
 
@@ -186,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("render-grid", help="a PNG of randomized frames and each real set's frame (pixel specs)")
+    p.add_argument("spec", help="pixel env spec name or .toml path")
+    p.add_argument("--n", type=int, default=8, help="randomized frames (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first randomized frame (default 0)")
+    p.add_argument("--out", help="PNG path (default <spec>_grid.png)")
+    p.set_defaults(func=_cmd_render_grid)
 
     p = sub.add_parser("sysid", help="fit the spec's parameters to a real log with CMA-ES (SimOpt / DROPO)")
     p.add_argument("--env", required=True, help="env spec name or .toml path")

@@ -25,7 +25,8 @@ class FieldInfo:
     Attributes:
         obj: Object type whose names index the rows (``None`` for ``opt.*`` and ``vis.*``:
             rows are indexed by position).
-        sign: ``"positive"``, ``"nonnegative"`` or ``None`` (any real value).
+        sign: ``"positive"``, ``"nonnegative"``, ``"unit"`` (a colour channel in [0, 1]) or
+            ``None`` (any real value).
         set_const: Whether ``mj_setConst`` must run after a write.
         by_joint: Rows are DOFs, named by the joint that owns them.
         clip: Written values are clipped to ``(low, high)`` (colours: a scaled channel stays
@@ -62,8 +63,8 @@ FIELDS: dict[str, FieldInfo] = {
     "opt.density": FieldInfo(None, "nonnegative"),
     "opt.viscosity": FieldInfo(None, "nonnegative"),
     # Appearance: read by the renderer at every frame (pixel observations).
-    "geom_rgba": FieldInfo(_OBJ.mjOBJ_GEOM, clip=(0.0, 1.0)),
-    "mat_rgba": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
+    "geom_rgba": FieldInfo(_OBJ.mjOBJ_GEOM, "unit", clip=(0.0, 1.0)),
+    "mat_rgba": FieldInfo(_OBJ.mjOBJ_MATERIAL, "unit", clip=(0.0, 1.0)),
     "mat_emission": FieldInfo(_OBJ.mjOBJ_MATERIAL, "nonnegative"),
     "mat_specular": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
     "mat_shininess": FieldInfo(_OBJ.mjOBJ_MATERIAL, clip=(0.0, 1.0)),
@@ -165,6 +166,11 @@ class BoundParam:
             return
         mode = self.param.mode
         new = apply_mode(mode, self.nominal, value)
+        if sign == "unit":
+            if np.any((new < 0) | (new > 1)):
+                worst = float(new.max() if np.any(new > 1) else new.min())
+                raise SpecError(f"{where}: {mode} {value:g} makes {self.param.target} {worst:g}; expected a colour in [0, 1]")
+            return
         was = self.nominal > 0 if sign == "positive" else self.nominal >= 0
         bad = (new <= 0) if sign == "positive" else (new < 0)
         # Only entries that were physical to begin with are held to the rule (the world

@@ -187,3 +187,54 @@ def plot_fit(
     for j in range(n, rows * cols):
         axes[j // cols][j % cols].axis("off")
     return _save(fig, path, dpi=100)
+
+
+def plot_render_grid(path: str | os.PathLike, spec, n: int = 8, seed: int = 0) -> Path:
+    """What a pixel policy sees: ``n`` randomized frames of the training distribution, then
+    one frame of the nominal look and of each held-out real set, labelled.
+
+    Args:
+        path: Where the PNG goes (written atomically).
+        spec: An env spec with ``[pixels]`` (an :class:`~rlsim2real.specs.EnvSpec`, a name or a path).
+        n: Randomized frames (episode starts seeded ``seed``, ``seed + 1``, ...).
+        seed: First seed.
+
+    Raises:
+        SpecError: if the spec has no ``[pixels]`` table, or ``n < 1``.
+    """
+    from rlsim2real.factory import make_env, make_real_env
+    from rlsim2real.params import SpecError
+    from rlsim2real.specs import load_env_spec
+
+    spec = load_env_spec(spec)
+    if spec.pixels is None:
+        raise SpecError(f"{spec.source}: render-grid needs a pixel env spec (a [pixels] table)")
+    if n < 1:
+        raise SpecError(f"render-grid: --n must be >= 1, got {n}")
+    frames: list[tuple[str, np.ndarray]] = []
+    env = make_env(spec, seed=seed)
+    try:
+        for k in range(n):
+            obs, _ = env.reset(seed=seed + k)
+            frames.append((f"randomized {seed + k}", obs["image"] if isinstance(obs, dict) else obs))
+    finally:
+        env.close()
+    for name in ["nominal", *spec.real_sets]:
+        env = make_real_env(spec, name, seed=seed)
+        try:
+            obs, _ = env.reset(seed=seed)
+        finally:
+            env.close()
+        frames.append((name, obs["image"] if isinstance(obs, dict) else obs))
+    plt = _pyplot()
+    cols = min(8, len(frames))
+    rows = int(np.ceil(len(frames) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.1 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(frames):
+            label, image = frames[k]
+            ax.imshow(image[..., -3:])  # the newest frame of a stack
+            ax.set_title(label, fontsize=7)
+    fig.suptitle(f"{spec.name}: randomized training frames, then the nominal look and each real set", fontsize=9)
+    return _save(fig, path, dpi=100)

@@ -177,6 +177,8 @@ BAD_PIXELS = {
     "frame stack": ("frame_stack = 3", "frame_stack = 0", "pixels.frame_stack"),
     "camera and free camera": ("frame_stack = 3", 'frame_stack = 3\ncamera = "track"', "pixels.camera"),
     "brightness out of bounds": ("range = [-0.08, 0.08]", "range = [-0.08, 1.5]", "params.brightness"),
+    "colour outside [0, 1]": ("range = [0.0, 0.6]\nlimits = [0.0, 1.0]", "range = [0.0, 0.6]\nlimits = [0.0, 1.6]",
+                              "params.pole_red: abs 1.6 makes geom_rgba[cpole,0] 1.6; expected a colour in [0, 1]"),
     "image term with element": ('target = "image.contrast"', 'target = "image.contrast[0]"', "takes no [element]"),
     "texture family past the last": ("[real_sets.in_range]", '[params.floor_tex]\ntarget = "texture.family[nothing]"\n'
                                      'mode = "abs"\nrange = [0.0, 5.0]\n\n[real_sets.in_range]', "params.floor_tex"),
@@ -275,3 +277,41 @@ def test_the_gl_backend_is_chosen_headless_and_its_absence_names_the_package(mon
     monkeypatch.setenv("MUJOCO_GL", "glfw")
     with pytest.raises(SpecError, match="MUJOCO_GL='glfw'; expected one of egl, osmesa"):
         pixels.gl_backend()
+
+
+def test_visual_terms_leave_the_dynamics_untouched():
+    spec = rs.load_env_spec("hopper_pixels")
+    looks = [{}, spec.real_sets["unseen_colours"], spec.real_sets["camera_offset"], {"floor_texture": 2.5, "light_x": 0.3}]
+    trajectories = []
+    for look in looks:
+        env = rs.make_real_env(spec, look, seed=0)
+        env.reset(seed=0)
+        rng = np.random.default_rng(0)
+        qpos = []
+        for _ in range(20):
+            env.step(rng.uniform(-1, 1, 3).astype(np.float32))
+            qpos.append(env.unwrapped.data.qpos.copy())
+        env.close()
+        trajectories.append(np.array(qpos))
+    for other in trajectories[1:]:
+        assert np.array_equal(other, trajectories[0])
+
+
+def test_render_grid_writes_a_labelled_png_of_the_expected_size(tmp_path):
+    import subprocess
+    import sys
+
+    import matplotlib.image
+
+    out = tmp_path / "grid.png"
+    proc = subprocess.run([sys.executable, "-m", "rlsim2real.cli", "render-grid", "inverted_pendulum_pixels", "--n", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    image = matplotlib.image.imread(out)
+    frames = 3 + 1 + len(rs.load_env_spec("inverted_pendulum_pixels").real_sets)  # randomized, nominal, sets
+    cols = min(8, frames)
+    rows = -(-frames // cols)
+    assert image.shape[:2] == (int(round(2.1 * rows * 100)), int(round(1.6 * cols * 100)))
+    proc = subprocess.run([sys.executable, "-m", "rlsim2real.cli", "render-grid", "hopper", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "needs a pixel env spec" in proc.stderr
