@@ -8,12 +8,14 @@ from rlsim2real.params import SpecError
 from rlsim2real.strategies.active import ActiveSettings, ActiveStrategy
 from rlsim2real.strategies.automatic import AdrDistribution, AutomaticSettings, AutomaticStrategy
 from rlsim2real.strategies.base import EpisodeRecord, Strategy, StrategySettings
+from rlsim2real.strategies.simopt import SimOptSettings, SimOptStrategy
 from rlsim2real.strategies.uniform import UniformSettings, UniformStrategy
 
 if TYPE_CHECKING:
     from rlsim2real.specs import EnvSpec
 
-STRATEGIES: dict[str, type[Strategy]] = {"uniform": UniformStrategy, "automatic": AutomaticStrategy, "active": ActiveStrategy}
+STRATEGIES: dict[str, type[Strategy]] = {"uniform": UniformStrategy, "automatic": AutomaticStrategy, "active": ActiveStrategy,
+                                      "simopt": SimOptStrategy}
 
 
 def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0) -> Strategy:
@@ -36,5 +38,5 @@ def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0
 
 __all__ = [
     "ActiveSettings", "ActiveStrategy", "AdrDistribution", "AutomaticSettings", "AutomaticStrategy", "EpisodeRecord", "STRATEGIES", "Strategy",
-    "StrategySettings", "UniformSettings", "UniformStrategy", "make_strategy",
+    "SimOptSettings", "SimOptStrategy", "StrategySettings", "UniformSettings", "UniformStrategy", "make_strategy",
 ]
