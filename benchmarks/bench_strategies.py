@@ -36,7 +36,8 @@ from rlsim2real.io import write_json, write_text  # noqa: E402
 
 PAIRS = {
     "inverted_pendulum": {"uniform": "experiments/quickstart.toml", "automatic": "experiments/inverted_pendulum_adr.toml",
-                          "active": "experiments/inverted_pendulum_active.toml"},
+                          "active": "experiments/inverted_pendulum_active.toml",
+                          "simopt": "experiments/inverted_pendulum_simopt.toml"},
     "hopper": {"uniform": "experiments/hopper_udr.toml", "automatic": "experiments/hopper_adr.toml",
                "active": "experiments/hopper_active.toml"},
 }
@@ -75,6 +76,12 @@ def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes:
         result["particles"] = summary["particles"]
         result["reference_steps"] = summary["reference_steps"]
         result["rounds"] = summary["rounds"]
+    if strategy == "simopt":
+        result["fits"] = summary["fits"]
+        result["real_episodes"] = summary["real_episodes"]
+        result["real_steps"] = summary["real_steps"]
+        result["sim_evaluations"] = summary["sim_evaluations"]
+        result["fitted"] = summary["fitted"]
     print(f"{strategy} seed {seed}: " + ", ".join(f"{k} {v['mean_return']:.0f}" for k, v in result["sets"].items()), flush=True)
     return result
 
@@ -102,7 +109,7 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
             table[s][name] = {"mean_return": ret[0], "std_return": ret[1], "success_rate": suc[0], "std_success": suc[1]}
     command = " ".join(["python benchmarks/bench_strategies.py", f"--env {args.env}", "--seeds", *map(str, args.seeds),
                         f"--timesteps {args.timesteps}", f"--episodes {args.episodes}", f"--workers {args.workers}",
-                        *([f"--only {args.only}"] if args.only else []), *([f"--name {args.name}"] if args.name else []),
+                        *(["--only", *args.only] if args.only else []), *([f"--name {args.name}"] if args.name else []),
                         *(["--merge", *args.merge] if args.merge else [])])
     data = {"command": command, "env": args.env, "experiments": pair, "seeds": args.seeds, "timesteps": args.timesteps,
             "episodes_per_set": args.episodes, "machine": m, "wall_seconds": round(seconds, 1), "summary": table,
@@ -146,6 +153,15 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
         lines.append("| reference steps | | " + " | ".join(f"{r['reference_steps']:,} ({r['reference_steps'] / r['timesteps']:.1%})"
                                                      for r in active) + " |")
         lines.append("| rounds | | " + " | ".join(str(r["rounds"]) for r in active) + " |")
+    simopt = [r for r in runs if r["strategy"] == "simopt"]
+    if simopt:
+        lines += seed_table("SimOpt: each fit's mean per parameter (fit 1 -> fit 2 -> ...), and the real episodes, real "
+                            "steps and simulator evaluations it used:", simopt)
+        for k, name in enumerate(simopt[0]["fitted"]):
+            lines.append(f"| {name} | {box['params'].get(name, 'nominal')} | " + " | ".join(
+                " -> ".join(f"{f['mean'][k]:.3g}" for f in r["fits"]) for r in simopt) + " |")
+        lines.append("| real episodes (steps) | | " + " | ".join(f"{r['real_episodes']} ({r['real_steps']:,})" for r in simopt) + " |")
+        lines.append("| simulator evaluations | | " + " | ".join(f"{r['sim_evaluations']:,}" for r in simopt) + " |")
     lines += ["", "Per run:", "", "| strategy | seed | train s | " + " | ".join(sets) + " |", "|---|---:|---:|" + "---:|" * len(sets)]
     for r in runs:
         lines.append(f"| {r['strategy']} | {r['seed']} | {r['train_seconds']:.0f} | " +
@@ -199,7 +215,8 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=300_000)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one process each)")
-    parser.add_argument("--only", choices=["uniform", "automatic", "active"], help="run one strategy only")
+    parser.add_argument("--only", nargs="+", choices=["uniform", "automatic", "active", "simopt"],
+                        help="run these strategies only")
     parser.add_argument("--merge", nargs="+", metavar="STEM",
                         help="train nothing: join these results files (benchmarks/results/<STEM>.json) into one report")
     parser.add_argument("--name", help="results file stem (default strategies_<env>)")
@@ -209,7 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     import rlsim2real as rs
 
-    pair = {k: v for k, v in PAIRS[args.env].items() if args.only in (None, k)}
+    pair = {k: v for k, v in PAIRS[args.env].items() if args.only is None or k in args.only}
     spec = rs.load_env_spec(args.env)
     box = {"params": {p.name: f"[{p.low:g}, {p.high:g}]" for p in spec.params},
            "sets": {n: ", ".join(f"{k}={v:g}" for k, v in values.items()) for n, values in spec.real_sets.items()}}
