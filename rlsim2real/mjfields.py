@@ -110,6 +110,13 @@ def write_field(model: mujoco.MjModel, field: str, values: np.ndarray) -> None:
     getattr(model, field)[...] = values
 
 
+def struct_attr(model: mujoco.MjModel, field: str) -> object:
+    """The value of a dotted struct field (``opt.timestep``, ``vis.headlight.diffuse``): a
+    live array, or a Python scalar that has no view."""
+    owner, name = _struct_owner(model, field)
+    return getattr(owner, name)
+
+
 def _struct_owner(model: mujoco.MjModel, field: str) -> tuple[object, str]:
     """The struct holding a dotted field, and the attribute's name in it."""
     *path, name = field.split(".")
@@ -122,8 +129,7 @@ def _struct_owner(model: mujoco.MjModel, field: str) -> tuple[object, str]:
 def field_array(model: mujoco.MjModel, field: str) -> np.ndarray:
     """The live array of ``field`` in ``model`` (a view: writing it changes the model)."""
     if field.startswith(_STRUCT_HEADS):
-        owner, name = _struct_owner(model, field)
-        arr = getattr(owner, name)
+        arr = struct_attr(model, field)
         return arr if isinstance(arr, np.ndarray) else np.asarray([arr])
     return getattr(model, field)
 

@@ -42,17 +42,20 @@ def frames(env: gym.Env, values: dict) -> np.ndarray:
     return obs
 
 
+def nominal_changed_nominal(env: gym.Env, term: str, value: float) -> tuple[np.ndarray, ...]:
+    """Frames at nominal, with ``term`` pinned at ``value``, and at nominal again; closes ``env``."""
+    try:
+        return frames(env, {}), frames(env, {term: value}), frames(env, {})
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("term", sorted(MODEL_TERMS))
 def test_every_appearance_term_changes_the_picture_and_nominal_comes_back(term):
     target, value, mode = MODEL_TERMS[term]
     p = Param(term, target, (value, value), mode=mode)
     env = PixelObservation(DynamicsRandomization(gym.make("Hopper-v5"), [p], seed=0), camera="track", seed=0)
-    try:
-        nominal = frames(env, {})
-        changed = frames(env, {term: value})
-        again = frames(env, {})
-    finally:
-        env.close()
+    nominal, changed, again = nominal_changed_nominal(env, term, value)
     assert np.abs(changed.astype(int) - nominal).mean() > 0.1, term
     assert np.array_equal(again, nominal), term  # rebuilt from the cached nominal model
 
@@ -63,12 +66,7 @@ def test_every_image_term_changes_the_picture_and_nominal_comes_back(term):
     p = Param(term, target, (value, value), mode=mode)
     env = PixelObservation(gym.make("InvertedPendulum-v5"), [p], distance=2.2, azimuth=90.0, elevation=0.0,
                            lookat=(0.0, 0.0, 0.25), seed=0)
-    try:
-        nominal = frames(env, {})
-        changed = frames(env, {term: value})
-        again = frames(env, {})
-    finally:
-        env.close()
+    nominal, changed, again = nominal_changed_nominal(env, term, value)
     assert changed.dtype == np.uint8 and changed.shape == nominal.shape
     assert np.abs(changed.astype(int) - nominal).mean() > 0.05, term
     assert np.array_equal(again, nominal), term

@@ -293,15 +293,9 @@ class ActiveStrategy(Strategy):
 
     # ------------------------------------------------------------------ reference rollouts
     def attach(self, model: Any, venv: "VecEnv") -> None:
-        from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
+        from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
-        normalizer, env = None, venv
-        while isinstance(env, VecEnvWrapper):
-            if isinstance(env, VecNormalize):
-                normalizer = env
-                break
-            env = env.venv
-        self.set_reference(ReferenceRollouts(self.env, self.settings, model, normalizer, self.seed))
+        self.set_reference(ReferenceRollouts(self.env, self.settings, model, unwrap_vec_normalize(venv), self.seed))
 
     def set_reference(self, source: Any) -> None:
         """Where reference transitions come from: ``source(round)`` returns rows ``[s, a, s']``

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
 from rlsim2real.episodes import episode_success
 from rlsim2real.strategies.base import EpisodeRecord, Strategy
@@ -52,6 +52,7 @@ class StrategyFeedback(BaseCallback):
         self.names: tuple[str, ...] = ()
         self._steps: list[list[np.ndarray]] = []
         self._last_raw: np.ndarray | None = None
+        self._normalizer: Any = None
 
     def count_logged(self) -> None:
         """Start the counts from the episodes already in ``episodes_csv`` (a resumed run
@@ -68,17 +69,14 @@ class StrategyFeedback(BaseCallback):
         self.names = tuple(self.training_env.get_attr("param_names")[0])
         self.strategy.attach(self.model, self.training_env)
         if self.strategy.wants_transitions:
+            self._normalizer = unwrap_vec_normalize(self.training_env)  # found once, read every step
             self._steps = [[] for _ in range(self.training_env.num_envs)]
             self._last_raw = self._raw_obs(self.model._last_obs)
 
     def _raw_obs(self, fallback: np.ndarray) -> np.ndarray:
         """The observations of the last step before any ``VecNormalize`` (as the env made them)."""
-        env = self.training_env
-        while isinstance(env, VecEnvWrapper):
-            if isinstance(env, VecNormalize):
-                return np.asarray(env.get_original_obs(), dtype=np.float32).copy()
-            env = env.venv
-        return np.asarray(fallback, dtype=np.float32).copy()
+        raw = fallback if self._normalizer is None else self._normalizer.get_original_obs()
+        return np.asarray(raw, dtype=np.float32).copy()
 
     def _record_transitions(self, dones: np.ndarray) -> None:
         new = self._raw_obs(self.locals["new_obs"])

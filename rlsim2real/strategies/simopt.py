@@ -156,17 +156,11 @@ class SimOptStrategy(Strategy):
 
     # ------------------------------------------------------------------ the real system
     def attach(self, model: Any, venv: "VecEnv") -> None:
-        from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
+        from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
         from rlsim2real.evaluation import RunPolicy
 
-        normalizer, inner = None, venv
-        while isinstance(inner, VecEnvWrapper):
-            if isinstance(inner, VecNormalize):
-                normalizer = inner
-                break
-            inner = inner.venv
-        self.set_policy(RunPolicy(model, normalizer))
+        self.set_policy(RunPolicy(model, unwrap_vec_normalize(venv)))
 
     def set_policy(self, policy: Any) -> None:
         """The policy that acts on the real system (``None``: random actions)."""

@@ -9,7 +9,7 @@ import mujoco
 import numpy as np
 
 from rlsim2real.distributions import Distribution
-from rlsim2real.mjfields import FIELDS, BoundParam, bind, field_array, write_field
+from rlsim2real.mjfields import FIELDS, BoundParam, bind, field_array, struct_attr, write_field
 from rlsim2real.params import Param, ParamSpace, SpecError, apply_mode
 from rlsim2real.wrappers.base import RandomizationWrapper
 
@@ -81,8 +81,7 @@ class DynamicsRandomization(RandomizationWrapper):
         # Live views of the model's arrays; scalar options (opt.timestep, ...) have no view
         # and are written through a one-element buffer.
         self._live = {f: field_array(model, f) for f in self._nominal}
-        self._scalar_opts = [f for f in self._live if "." in f and self._live[f].base is None and self._live[f].size == 1
-                             and not isinstance(_struct_value(model, f), np.ndarray)]
+        self._scalar_opts = [f for f in self._live if "." in f and not isinstance(struct_attr(model, f), np.ndarray)]
         for f in self._scalar_opts:
             self._live[f] = np.array(self._nominal[f], copy=True)
         self._live_flat = {f: arr.reshape(-1) for f, arr in self._live.items()}
@@ -199,9 +198,3 @@ class DynamicsRandomization(RandomizationWrapper):
                 mujoco.mj_setConst(self._model, self._scratch)
         self._applied = listed
 
-
-def _struct_value(model: mujoco.MjModel, field: str) -> object:
-    owner: object = model
-    for part in field.split("."):
-        owner = getattr(owner, part)
-    return owner

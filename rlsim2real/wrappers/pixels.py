@@ -265,7 +265,7 @@ class PixelObservation(RandomizationWrapper):
         self.observation_space = gym.spaces.Dict({"image": image, "state": env.observation_space}) if state else image
         self._frames: deque[np.ndarray] = deque(maxlen=self.frame_stack)
         self._fields = [p.parsed.field for p in self.space]
-        self._values = {k: v for k, v in IMAGE_NOMINAL.items() if k.startswith("image.")}
+        self._values = dict(_IMAGE_ONLY_NOMINAL)
         # Texture terms, per texture: its id, where its pixels live, their nominal copy.
         self._textures: dict[int, dict[str, Any]] = {}
         self._texture_terms: list[tuple[int, int, str]] = []  # (position, texid, field)
