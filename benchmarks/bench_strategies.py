@@ -1,14 +1,17 @@
-"""Uniform, automatic and active DR at the same agent steps, over seeds, on every held-out set.
+"""Uniform, automatic, active DR and SimOpt at the same agent steps, over seeds, on every held-out set.
 
 Trains each strategy's experiment for each seed (one subprocess per run, ``--workers`` at a
 time), evaluates every run on the nominal sim and every real set of the env spec, and
 reports per set the mean and standard deviation of the per-seed mean returns and success
 rates; for automatic DR the final ranges and the distribution's entropy; for active DR the
-reference-env steps spent and where the particles ended.
+reference-env steps spent and where the particles ended; for SimOpt each fit, the return of
+the real episodes it ran and what it cost. ``--curve SET ...`` also evaluates every checkpoint
+of every run on those sets, for the return along training (SimOpt: after each iteration).
 
     python benchmarks/bench_strategies.py --env inverted_pendulum --seeds 0 1 2 --timesteps 300000 --workers 2
     python benchmarks/bench_strategies.py --env hopper --seeds 0 1 2 --timesteps 1000000 --workers 6
     python benchmarks/bench_strategies.py --env hopper --only active ... --name part_b
+    python benchmarks/bench_strategies.py --env hopper --only uniform simopt --timesteps 400000 --curve weak_motors
     python benchmarks/bench_strategies.py --env hopper --merge part_a part_b --name whole
 
 Writes benchmarks/results/strategies_<env>.json and .md (``--no-write``: print only);
@@ -39,11 +42,27 @@ PAIRS = {
                           "active": "experiments/inverted_pendulum_active.toml",
                           "simopt": "experiments/inverted_pendulum_simopt.toml"},
     "hopper": {"uniform": "experiments/hopper_udr.toml", "automatic": "experiments/hopper_adr.toml",
-               "active": "experiments/hopper_active.toml"},
+               "active": "experiments/hopper_active.toml", "simopt": "experiments/hopper_simopt.toml"},
 }
 
 
-def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes: int, folder: Path) -> dict:
+def curve(out: Path, sets: list[str], episodes: int, env: dict) -> list[dict]:
+    """Mean returns on ``sets`` of every checkpoint of a run, in step order."""
+    points = []
+    for folder in sorted((out / "checkpoints").glob("step_*")):
+        step = int(folder.name.split("_")[1])
+        proc = subprocess.run([sys.executable, "-m", "rlsim2real.cli", "evaluate", str(out), "--step", str(step),
+                               "--sets", ",".join(sets), "--episodes", str(episodes), "--no-progress"],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"evaluate {out} --step {step} failed:\n{proc.stderr[-2000:]}")
+        transfer = json.loads((folder / "transfer.json").read_text())
+        points.append({"step": step, "sets": {n: transfer["sets"][n]["mean_return"] for n in sets}})
+    return points
+
+
+def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes: int, folder: Path,
+            curve_sets: list[str] | None = None) -> dict:
     out = folder / f"{strategy}_{seed}"
     env = {**os.environ, "RLSIM2REAL_TORCH_THREADS": "1"}
     t0 = time.time()
@@ -67,6 +86,8 @@ def run_one(strategy: str, experiment: str, seed: int, timesteps: int, episodes:
         "sets": {name: {"mean_return": s["mean_return"], "success_rate": s["success_rate"]}
                  for name, s in transfer["sets"].items()},
     }
+    if curve_sets:
+        result["curve"] = curve(out, curve_sets, episodes, env)
     if strategy == "automatic":
         result["ranges"] = summary["ranges"]
         result["entropy_per_dim"] = summary["entropy_per_dim"]
@@ -110,7 +131,8 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
     command = " ".join(["python benchmarks/bench_strategies.py", f"--env {args.env}", "--seeds", *map(str, args.seeds),
                         f"--timesteps {args.timesteps}", f"--episodes {args.episodes}", f"--workers {args.workers}",
                         *(["--only", *args.only] if args.only else []), *([f"--name {args.name}"] if args.name else []),
-                        *(["--merge", *args.merge] if args.merge else [])])
+                        *(["--merge", *args.merge] if args.merge else []),
+                        *(["--curve", *args.curve] if args.curve else [])])
     data = {"command": command, "env": args.env, "experiments": pair, "seeds": args.seeds, "timesteps": args.timesteps,
             "episodes_per_set": args.episodes, "machine": m, "wall_seconds": round(seconds, 1), "summary": table,
             "training_box": box, "runs": runs}
@@ -160,8 +182,24 @@ def report(args: argparse.Namespace, runs: list[dict], pair: dict, box: dict, m:
         for k, name in enumerate(simopt[0]["fitted"]):
             lines.append(f"| {name} | {box['params'].get(name, 'nominal')} | " + " | ".join(
                 " -> ".join(f"{f['mean'][k]:.3g}" for f in r["fits"]) for r in simopt) + " |")
+        lines.append("| return of its real episodes | | " + " | ".join(
+            " -> ".join(f"{f['real_return']:.0f}" if "real_return" in f else "-" for f in r["fits"]) for r in simopt) + " |")
         lines.append("| real episodes (steps) | | " + " | ".join(f"{r['real_episodes']} ({r['real_steps']:,})" for r in simopt) + " |")
         lines.append("| simulator evaluations | | " + " | ".join(f"{r['sim_evaluations']:,}" for r in simopt) + " |")
+    if all("curve" in r for r in runs):
+        steps = [pt["step"] for pt in runs[0]["curve"]]
+        for name in runs[0]["curve"][0]["sets"] if steps else []:
+            lines += ["", f"Return on `{name}` along training: each checkpoint of each run evaluated for {args.episodes} "
+                          f"deterministic episodes; mean ± standard deviation over seeds (SimOpt fits at the steps in "
+                          f"its settings, so a checkpoint follows each fit).", "",
+                      "| step | " + " | ".join(strategies) + " |", "|---:|" + "---:|" * len(strategies)]
+            for i, step in enumerate(steps):
+                cells = []
+                for st in strategies:
+                    vals = [r["curve"][i]["sets"][name] for r in runs if r["strategy"] == st and len(r["curve"]) > i]
+                    m_, sd = mean_std(vals) if vals else (float("nan"), 0.0)
+                    cells.append(f"{m_:.0f} ± {sd:.0f}")
+                lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
     lines += ["", "Per run:", "", "| strategy | seed | train s | " + " | ".join(sets) + " |", "|---|---:|---:|" + "---:|" * len(sets)]
     for r in runs:
         lines.append(f"| {r['strategy']} | {r['seed']} | {r['train_seconds']:.0f} | " +
@@ -182,7 +220,8 @@ def train_all(args: argparse.Namespace, pair: dict, stem: str) -> tuple[list[dic
     start = time.time()
     jobs = [(s, e, seed) for seed in args.seeds for s, e in pair.items() if (s, seed) not in done]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_one, s, e, seed, args.timesteps, args.episodes, Path(tmp)) for s, e, seed in jobs]
+        futures = [pool.submit(run_one, s, e, seed, args.timesteps, args.episodes, Path(tmp), args.curve)
+                   for s, e, seed in jobs]
         runs = earlier + [f.result() for f in futures]
     runs.sort(key=lambda r: (r["seed"], list(pair).index(r["strategy"])))
     return runs, time.time() - start + getattr(args, "wall_before", 0.0)
@@ -222,6 +261,8 @@ def main() -> None:
     parser.add_argument("--name", help="results file stem (default strategies_<env>)")
     parser.add_argument("--append", action="store_true",
                         help="keep the runs of the existing results file (same experiments and budget) and run only new seeds")
+    parser.add_argument("--curve", nargs="+", metavar="SET",
+                        help="also evaluate every checkpoint of every run on these sets (return along training)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     import rlsim2real as rs

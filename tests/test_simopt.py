@@ -37,6 +37,8 @@ def test_a_fit_moves_the_distribution_to_the_real_system_on_schedule():
     logs = s.log_values()
     assert abs(logs["simopt/pole_mass_mean"] - 2.0) < 0.1  # heavy_pole: the pole twice as heavy
     assert logs["simopt/real_episodes"] == 2 and logs["simopt/real_steps"] > 0 and logs["simopt/sim_evaluations"] >= 60
+    # InvertedPendulum-v5 pays 1 per step until the pole falls, 0 for the step that drops it.
+    assert logs["simopt/real_return"] == s.fits[-1]["real_steps"] / 2 - 1
     p = s.distribution.space["pole_mass"]
     assert p.dist == "normal" and abs(p.mean - 2.0) < 0.1 and p.range == p.limits  # truncated to the limits
     assert s.distribution.space["cart_mass"] == IP.params["cart_mass"]  # not fitted: its box

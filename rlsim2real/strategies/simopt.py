@@ -216,6 +216,8 @@ class SimOptStrategy(Strategy):
             "unit_mean": result.fit.mean.tolist(), "unit_std": result.fit.std.tolist(),
             "loss": float(result.history[-1]["best_loss"]) if result.history else float("nan"),
             "real_steps": sum(r.length for r in results),
+            # What the policy of this iteration scored on the real system (stochastic actions).
+            "real_return": float(np.mean([r.episode_return for r in results])),
         })
         self.iteration += 1
         self.next_fit = self.timesteps + s.policy_steps
@@ -230,6 +232,7 @@ class SimOptStrategy(Strategy):
         if self.fits:
             last = self.fits[-1]
             out["simopt/fit_loss"] = float(last["loss"])
+            out["simopt/real_return"] = float(last.get("real_return", float("nan")))
             for k, name in enumerate(self.fitted):
                 out[f"simopt/{name}_mean"] = float(last["mean"][k])
                 out[f"simopt/{name}_std"] = float(last["std"][k])
