@@ -348,3 +348,23 @@ def test_resuming_from_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path
     with pytest.raises(rs.SpecError) as err:
         rs.train(exp, out=out, resume=True, evaluate=False)
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("env_name", ["hopper", "inverted_pendulum_pixels"])
+def test_the_nominal_strategy_runs_the_nominal_model_and_look(env_name):
+    spec = rs.load_env_spec(env_name)
+    dist = rs.strategies.make_strategy("nominal", spec).distribution
+    pinned, nominal, randomized = (rs.make_env(spec, seed=5, distribution=dist), rs.make_env(spec, seed=5, randomize=False),
+                                   rs.make_env(spec, seed=5))
+    trajectories = []
+    for env in (pinned, nominal, randomized):
+        obs, info = env.reset(seed=5)
+        env.action_space.seed(0)
+        steps = [obs]
+        for _ in range(20):
+            obs, *_ = env.step(env.action_space.sample())
+            steps.append(obs)
+        trajectories.append(np.stack(steps))
+        env.close()
+    np.testing.assert_array_equal(trajectories[0], trajectories[1])
+    assert not np.array_equal(trajectories[0], trajectories[2])  # the spec's box does change what the policy sees

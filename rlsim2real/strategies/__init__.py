@@ -8,6 +8,7 @@ from rlsim2real.params import SpecError
 from rlsim2real.strategies.active import ActiveSettings, ActiveStrategy
 from rlsim2real.strategies.automatic import AdrDistribution, AutomaticSettings, AutomaticStrategy
 from rlsim2real.strategies.base import EpisodeRecord, Strategy, StrategySettings
+from rlsim2real.strategies.nominal import NominalSettings, NominalStrategy
 from rlsim2real.strategies.simopt import SimOptSettings, SimOptStrategy
 from rlsim2real.strategies.uniform import UniformSettings, UniformStrategy
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from rlsim2real.specs import EnvSpec
 
 STRATEGIES: dict[str, type[Strategy]] = {"uniform": UniformStrategy, "automatic": AutomaticStrategy, "active": ActiveStrategy,
-                                      "simopt": SimOptStrategy}
+                                      "simopt": SimOptStrategy, "nominal": NominalStrategy}
 
 
 def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0) -> Strategy:
@@ -37,6 +38,7 @@ def make_strategy(name: str, env: "EnvSpec", settings: Any = None, seed: int = 0
 
 
 __all__ = [
-    "ActiveSettings", "ActiveStrategy", "AdrDistribution", "AutomaticSettings", "AutomaticStrategy", "EpisodeRecord", "STRATEGIES", "Strategy",
+    "ActiveSettings", "ActiveStrategy", "AdrDistribution", "AutomaticSettings", "AutomaticStrategy", "EpisodeRecord", "NominalSettings", "NominalStrategy",
+    "STRATEGIES", "Strategy",
     "SimOptSettings", "SimOptStrategy", "StrategySettings", "UniformSettings", "UniformStrategy", "make_strategy",
 ]
