@@ -222,12 +222,20 @@ def test_a_tiny_pixel_training_run_is_evaluated_on_every_visual_set(tmp_path):
     assert all(r.episodes == 1 and r.mean_return > 0 for r in report.sets.values())
 
 
-def test_dann_on_pixels_aligns_the_cnn_encoder_with_frames_of_a_visual_set(tmp_path):
+@pytest.mark.parametrize("source", ["set", "file"])
+def test_dann_on_pixels_aligns_the_cnn_encoder_with_frames_of_a_visual_set(tmp_path, source):
     import csv
 
+    from rlsim2real.episodes import EpisodeRunner, seeded_jobs, to_trajectories
+
+    text = (ROOT / "experiments" / "inverted_pendulum_pixels_dann.toml").read_text()
+    if source == "file":  # frames a camera recorded on the target look, saved as a trajectory file
+        spec = rs.load_env_spec("inverted_pendulum_pixels")
+        frames = EpisodeRunner(spec).run(None, seeded_jobs("unseen_colours", 3, 0), record=("obs", "actions", "rewards"))
+        to_trajectories(frames).save(tmp_path / "camera.npz")
+        text = text.replace('set = "unseen_colours"', f'file = "{tmp_path / "camera.npz"}"')
     exp = tmp_path / "pixels_dann.toml"
-    exp.write_text((ROOT / "experiments" / "inverted_pendulum_pixels_dann.toml").read_text()
-                   .replace("timesteps = 200_000", "timesteps = 256").replace("n_envs = 8", "n_envs = 2")
+    exp.write_text(text.replace("timesteps = 200_000", "timesteps = 256").replace("n_envs = 8", "n_envs = 2")
                    .replace('vec_env = "subproc"', 'vec_env = "dummy"').replace("checkpoint_every = 50_000", "checkpoint_every = 0")
                    .replace("episodes = 4", "episodes = 2") + "\n[hyperparameters]\nn_steps = 64\nbatch_size = 64\nn_epochs = 1\n")
     run = rs.train(exp, out=tmp_path / "run", evaluate=False)
