@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default <spec>_grid.png)")
     p.set_defaults(func=_cmd_render_grid)
 
-    p = sub.add_parser("sysid", help="fit the spec's parameters to a real log with CMA-ES (SimOpt / DROPO) or Levenberg-Marquardt")
+    p = sub.add_parser(
+        "sysid", help="fit the spec's parameters to a real log with CMA-ES (SimOpt / DROPO) or Levenberg-Marquardt",
+    )
     p.add_argument("--env", required=True, help="env spec name or .toml path")
     p.add_argument("--trajectories", required=True, metavar="FILE.npz", help="the real log (see docs/sysid.md)")
     p.add_argument("--params", help="comma-separated parameters to fit (default: the spec's training box)")

@@ -233,7 +233,9 @@ def _identify_lm(problem, objective, budget, nthread, previous, kl_weight, smoot
     return _result(problem, run.best, run.history, info)
 
 
-def _result(problem: SysIdProblem, best: Gaussian, history: list[dict[str, float]], info: dict[str, Any]) -> SysIdResult:
+def _result(
+    problem: SysIdProblem, best: Gaussian, history: list[dict[str, float]], info: dict[str, Any],
+) -> SysIdResult:
     space, low, high = problem.space, problem.low, problem.high
     mean = space.from_normalized(best.mean)
     std = 0.5 * np.abs(space.from_normalized(best.mean + best.std) - space.from_normalized(best.mean - best.std))
