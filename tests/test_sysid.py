@@ -300,7 +300,7 @@ def _needs_toolbox() -> None:
 
 def test_levenberg_marquardt_recovers_inverted_pendulum_masses(tmp_path):
     _needs_toolbox()
-    path = make_log(tmp_path, "inverted_pendulum", "heavy_pole", episodes=10)
+    path = make_log(tmp_path, "inverted_pendulum", "heavy_pole", episodes=5)
     problem = SysIdProblem.build("inverted_pendulum", path, params=["cart_mass", "pole_mass"], truth="heavy_pole")
     result = identify(problem, fitter="lm", budget=200, nthread=2)
     assert np.all(result.relative_error < 0.01), result.table()
