@@ -109,6 +109,13 @@ def _cmd_sysid(args: argparse.Namespace) -> int:
         raise SpecError("--mode closed-loop: needs --run RUN_DIR, the policy that acted in the log")
     if args.run and args.mode != "closed-loop":
         raise SpecError("--run: the policy is used only with --mode closed-loop")
+    if args.fitter == "lm":
+        from rlsim2real.sysid.lm import toolbox
+
+        toolbox()  # a missing extra is one line before the log is read
+        if args.mode != "replay" or args.objective == "likelihood" or args.samples is not None or args.smooth:
+            raise SpecError("--fitter lm: fits a point to replay windows; --mode closed-loop, --objective likelihood, "
+                            "--samples and --smooth need --fitter cma")
     params = [s.strip() for s in args.params.split(",") if s.strip()] if args.params else None
     problem = SysIdProblem.build(
         args.env, args.trajectories, params=params, mode=args.mode, steps=args.steps, truth=args.truth,
@@ -134,16 +141,18 @@ def _cmd_sysid(args: argparse.Namespace) -> int:
             print(f"sysid: note: the log says env {meta['env']!r}; fitting it as {problem.spec.name!r}", flush=True)
     started = time.perf_counter()
 
+    step = "iteration" if args.fitter == "lm" else "generation"
+
     def progress(gen) -> None:
         print(
-            f"sysid/generation {gen.generation:>3}  evaluations {gen.evaluations:>5}  best {gen.best_loss:.5g}  "
+            f"sysid/{step} {gen.generation:>3}  evaluations {gen.evaluations:>5}  best {gen.best_loss:.5g}  "
             f"median {gen.median_loss:.5g}  {time.perf_counter() - started:.1f}s",
             flush=True,
         )
 
     result = identify(
         problem, objective=args.objective, budget=args.budget, seed=args.seed, samples=args.samples,
-        nthread=args.threads, policy=policy, smooth=args.smooth, progress=progress,
+        nthread=args.threads, policy=policy, smooth=args.smooth, progress=progress, fitter=args.fitter,
     )
     print(result.table())
     saved = result.save(out)
@@ -204,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default <spec>_grid.png)")
     p.set_defaults(func=_cmd_render_grid)
 
-    p = sub.add_parser("sysid", help="fit the spec's parameters to a real log with CMA-ES (SimOpt / DROPO)")
+    p = sub.add_parser(
+        "sysid", help="fit the spec's parameters to a real log with CMA-ES (SimOpt / DROPO) or Levenberg-Marquardt",
+    )
     p.add_argument("--env", required=True, help="env spec name or .toml path")
     p.add_argument("--trajectories", required=True, metavar="FILE.npz", help="the real log (see docs/sysid.md)")
     p.add_argument("--params", help="comma-separated parameters to fit (default: the spec's training box)")
@@ -215,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["likelihood", "discrepancy"],
                    help="discrepancy (SimOpt; default: a point fit of the mean) or likelihood "
                         "(DROPO: fits mean and std)")
+    p.add_argument("--fitter", choices=["cma", "lm"], default="cma",
+                   help="cma: CMA-ES (default); lm: a point fit of the replay windows by Levenberg-Marquardt "
+                        "with MuJoCo's toolbox (needs the extra mujoco[sysid])")
     p.add_argument("--budget", type=int, default=1000, help="candidates to evaluate (default 1000)")
     p.add_argument("--steps", type=int, default=1, help="replay window, env steps (default 1)")
     p.add_argument("--horizon", type=int, default=100, help="closed-loop steps per episode at most (default 100)")

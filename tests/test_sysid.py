@@ -287,3 +287,56 @@ def test_cli_closed_loop_runs_the_policy_of_a_run(tmp_path):
                              "--threads", "2")
     assert code == 0, err
     assert "closed-loop" in out and set(json.loads(fit.read_text())) == {"pole_mass"}
+
+
+def _needs_toolbox() -> None:
+    from rlsim2real.sysid.lm import toolbox
+
+    try:
+        toolbox()
+    except rs.SpecError:
+        pytest.skip("the extra mujoco[sysid] is not installed")
+
+
+def test_levenberg_marquardt_recovers_inverted_pendulum_masses(tmp_path):
+    _needs_toolbox()
+    path = make_log(tmp_path, "inverted_pendulum", "heavy_pole", episodes=5)
+    problem = SysIdProblem.build("inverted_pendulum", path, params=["cart_mass", "pole_mass"], truth="heavy_pole")
+    result = identify(problem, fitter="lm", budget=200, nthread=2)
+    assert np.all(result.relative_error < 0.01), result.table()
+    assert result.info["fitter"] == "lm" and 0 < result.info["evaluations"] <= 200 + 4
+    assert result.mean[1] > result.prior[1, 1]  # outside the prior box it started in
+
+
+def test_cli_fitter_lm_writes_the_fit_and_refuses_what_it_cannot_fit(tmp_path):
+    _needs_toolbox()
+    path = make_log(tmp_path, "inverted_pendulum", "heavy_pole", episodes=4)
+    fit = tmp_path / "FIT.json"
+    code, out, err = run_cli("--env", "inverted_pendulum", "--trajectories", str(path), "--params", "pole_mass",
+                             "--fitter", "lm", "--budget", "60", "--out", str(fit), "--truth", "heavy_pole",
+                             "--threads", "2")
+    assert code == 0, err
+    assert "sysid/iteration   1" in out
+    assert json.loads(fit.read_text())["pole_mass"]["relative_error"] < 0.01
+    assert json.loads((tmp_path / "FIT.run.json").read_text())["fitter"] == "lm"
+    code, out, err = run_cli("--env", "inverted_pendulum", "--trajectories", str(path), "--fitter", "lm",
+                             "--objective", "likelihood", "--out", str(tmp_path / "other.json"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--fitter lm: fits a point" in err
+
+
+def test_cli_fitter_lm_without_the_extra_is_one_line_exit_2(tmp_path, monkeypatch):
+    import sys
+
+    # As if mujoco[sysid]'s dependencies were not installed: its modules fail to import.
+    for name in [m for m in sys.modules if m.startswith("mujoco.sysid._src")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tabulate", None)
+    path = make_log(tmp_path, "inverted_pendulum", "heavy_pole", episodes=2)
+    fit = tmp_path / "FIT.json"
+    code, out, err = run_cli("--env", "inverted_pendulum", "--trajectories", str(path), "--fitter", "lm",
+                             "--out", str(fit))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "--fitter lm" in lines[0] and "pip install 'mujoco[sysid]'" in lines[0] and "tabulate" in lines[0]
+    assert not fit.exists() and "sysid/" not in out

@@ -1,5 +1,6 @@
-"""Fit a log: build the simulator and objective for a :class:`SysIdProblem`, run CMA-ES,
-and report the fit as a table, ``FIT.json`` and ``FIT.png``.
+"""Fit a log: build the simulator and objective for a :class:`SysIdProblem`, run CMA-ES
+(or, with ``fitter="lm"``, Levenberg–Marquardt from MuJoCo's toolbox, see
+:mod:`rlsim2real.sysid.lm`), and report the fit as a table, ``FIT.json`` and ``FIT.png``.
 
 Example:
     >>> import rlsim2real as rs, tempfile, os
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from rlsim2real.io import write_json
+from rlsim2real.params import SpecError
 from rlsim2real.sysid.fit import CMAFitter, Gaussian, Generation, Objective
+from rlsim2real.sysid.lm import FITTERS, fit_lm
 from rlsim2real.sysid.problem import SysIdProblem
 from rlsim2real.sysid.simulate import BatchSimulator
 
@@ -132,8 +135,9 @@ def identify(
     smooth: float = 0.0,
     fit_std: bool | None = None,
     progress: Callable[[Generation], None] | None = None,
+    fitter: str = "cma",
 ) -> SysIdResult:
-    """Fit the problem's parameters with CMA-ES.
+    """Fit the problem's parameters with CMA-ES (or Levenberg–Marquardt).
 
     Args:
         problem: A checked log and its windows.
@@ -151,11 +155,23 @@ def identify(
         fit_std: Search the std as well as the mean (see :class:`CMAFitter`). Default: for
             the likelihood, or with a KL penalty; the expected discrepancy alone is smallest
             at a point mass, so it searches the mean and reports CMA-ES's spread as the std.
-        progress: Called after every generation.
+        progress: Called after every generation (every iteration for ``"lm"``).
+        fitter: ``"cma"`` (CMA-ES, any objective and mode) or ``"lm"``: a point fit of the
+            replay windows by Levenberg–Marquardt with ``mujoco.sysid`` (the extra
+            ``mujoco[sysid]``); ``budget`` caps its simulated candidates, and ``seed``,
+            ``samples``, ``popsize`` do not apply.
 
     Returns:
         The fit.
+
+    Raises:
+        SpecError: ``"lm"`` without the toolbox, with another objective, a KL penalty or
+            closed-loop mode.
     """
+    if fitter not in FITTERS:
+        raise SpecError(f"--fitter: expected one of {', '.join(FITTERS)}, got {fitter!r}")
+    if fitter == "lm":
+        return _identify_lm(problem, objective, budget, nthread, previous, kl_weight, smooth, fit_std, progress)
     objective = objective or "discrepancy"
     if fit_std is None:
         fit_std = objective == "likelihood" or (previous is not None and kl_weight > 0)
@@ -190,16 +206,43 @@ def identify(
     finally:
         simulator.close()
     wall = time.perf_counter() - started
-    mean = space.from_normalized(best.mean)
-    std = 0.5 * np.abs(space.from_normalized(best.mean + best.std) - space.from_normalized(best.mean - best.std))
     n_sim = int(problem.windows.mask.size)
     info = {
-        "env": problem.spec.name, "trajectories": str(problem.log_path), "mode": problem.mode,
-        "objective": objective, "fit_std": fit_std, "budget": budget, "seed": seed, "samples": samples,
+        "fitter": "cma", "objective": objective, "fit_std": fit_std, "budget": budget, "seed": seed,
+        "samples": samples, "generations": fitter.generation, "evaluations": fitter.evaluations, "wall_s": wall,
+        "simulated_env_steps": int(fitter.evaluations * samples * n_sim),
+    }
+    return _result(problem, best, history, info)
+
+
+def _identify_lm(problem, objective, budget, nthread, previous, kl_weight, smooth, fit_std, progress) -> SysIdResult:
+    if objective not in (None, "discrepancy"):
+        raise SpecError(f"--fitter lm: fits a point by least squares; --objective {objective} needs --fitter cma")
+    if fit_std or (previous is not None and kl_weight > 0):
+        raise SpecError("--fitter lm: fits a point; a std or a KL penalty needs --fitter cma")
+    if smooth:
+        raise SpecError("--fitter lm: compares unsmoothed observations; --smooth needs --fitter cma")
+    started = time.perf_counter()
+    run = fit_lm(problem, budget=budget, nthread=nthread, progress=progress)
+    info = {
+        "fitter": "lm", "objective": "least squares", "fit_std": False, "budget": budget, "seed": None,
+        "samples": 1, "generations": run.iterations, "evaluations": run.evaluations,
+        "wall_s": time.perf_counter() - started,
+        "simulated_env_steps": int(run.evaluations * problem.windows.mask.size),
+    }
+    return _result(problem, run.best, run.history, info)
+
+
+def _result(
+    problem: SysIdProblem, best: Gaussian, history: list[dict[str, float]], info: dict[str, Any],
+) -> SysIdResult:
+    space, low, high = problem.space, problem.low, problem.high
+    mean = space.from_normalized(best.mean)
+    std = 0.5 * np.abs(space.from_normalized(best.mean + best.std) - space.from_normalized(best.mean - best.std))
+    info = {
+        "env": problem.spec.name, "trajectories": str(problem.log_path), "mode": problem.mode, **info,
         "windows": int(len(problem.windows.qpos)), "steps_per_window": int(problem.windows.target.shape[1]),
         "skipped_starts": problem.skipped, "truth_set": problem.truth_name,
-        "generations": fitter.generation, "evaluations": fitter.evaluations, "wall_s": wall,
-        "simulated_env_steps": int(fitter.evaluations * samples * n_sim),
     }
     return SysIdResult(
         names=list(space.names), mean=mean, std=std, fit=best,

@@ -47,6 +47,7 @@ class SysIdProblem:
         truth: True values of the fitted parameters (``None`` if unknown).
         truth_name: Name of the truth set.
         skipped: Start steps left out (episode too short, state not recoverable).
+        model_path: The env's model file (``None`` if the env has none).
     """
 
     spec: EnvSpec
@@ -63,6 +64,7 @@ class SysIdProblem:
     truth: np.ndarray | None = None
     truth_name: str | None = None
     skipped: int = 0
+    model_path: str | None = None
 
     @classmethod
     def build(
@@ -130,6 +132,7 @@ class SysIdProblem:
             spec=spec, space=space, log=log, log_path=path, mode=mode, windows=windows,
             scale=observation_scale(log.obs), state_map=smap, writer=writer, model=unwrapped.model,
             frame_skip=int(unwrapped.frame_skip), truth=truth_values, truth_name=truth, skipped=skipped,
+            model_path=getattr(unwrapped, "fullpath", None),
         )
 
     @property
