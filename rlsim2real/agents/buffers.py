@@ -6,6 +6,8 @@ minibatches, a new sequence at every episode start and env change), so for the s
 ``sb3_contrib.common.recurrent.buffers.RecurrentRolloutBuffer``. What changes is the cost:
 the rollout is moved to ``device`` once per rollout, and each minibatch is padded with
 one gather and one scatter per field instead of one tensor per sequence per field.
+The update itself reads :meth:`get_sequences`: the same minibatches as real rows only
+(one gather per field), with the segment plan both LSTMs share.
 """
 
 from __future__ import annotations

@@ -43,9 +43,10 @@ class RecurrentPPO(_SB3RecurrentPPO):
     sb3-contrib (see :meth:`save`). The policy aliases resolve to :mod:`rlsim2real.agents.policies`
     (as do sb3-contrib's own policy classes, given by class or by a checkpoint): in the
     update the LSTMs run a few calls per minibatch (length-sorted segments that skip most
-    padding) instead of one per time step, and the heads and losses see only real rows;
-    rollouts use a lean inference step; the buffer pads minibatches with vectorized indexing;
-    Adam runs fused.
+    padding) instead of one per time step, reading and returning only real rows, so the
+    buffer never pads a minibatch and the heads and losses see only real rows; a diagonal
+    Gaussian is evaluated in closed form; rollouts use a lean inference step; Adam runs
+    fused.
 
     Args:
         *args: As for :class:`sb3_contrib.RecurrentPPO`.
