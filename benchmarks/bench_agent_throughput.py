@@ -1,7 +1,9 @@
 """Training throughput of rlsim2real's RecurrentPPO vs sb3-contrib's and SB3's PPO (MLP) on Hopper-v5.
 
 All variants share one process and are interleaved round by round (A, B, C, D, A, B, ...)
-so that a noisy machine slows them alike. Each round calls ``learn`` for a few rollouts
+so that a noisy machine slows them alike. ``--baseline REV`` adds our agent as of a git
+revision (its ``rlsim2real`` package, exported and imported under another name) as one more
+variant, so an earlier version and this one are timed side by side in the same process. Each round calls ``learn`` for a few rollouts
 with ``reset_num_timesteps=False``; a callback splits wall time into rollout collection
 and the update phase (``train()``). The first round of every variant is a warm-up and is
 not counted.
@@ -9,6 +11,7 @@ not counted.
 Run:
     python benchmarks/bench_agent_throughput.py            # default, ~4-8 min on 2 cores
     python benchmarks/bench_agent_throughput.py --quick    # smoke run
+    python benchmarks/bench_agent_throughput.py --baseline main   # also time main's agent
 
 Writes benchmarks/results/agent_throughput.json and .md.
 """
@@ -18,8 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import importlib
 import platform
+import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +43,39 @@ from stable_baselines3.common.env_util import make_vec_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlsim2real.agents import RecurrentPPO  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE_PACKAGE = "rlsim2real_baseline"
 CONFIGS = {
     "a_defaults_1env": dict(n_envs=1, n_steps=128, batch_size=128, n_epochs=10),
     "b_8env": dict(n_envs=8, n_steps=512, batch_size=256, n_epochs=4),
 }
 VARIANTS = ("sb3_contrib", "ours", "ours_dann", "sb3_ppo_mlp")
+BASELINE_VARIANT = "ours_baseline"
+
+
+def import_baseline(rev: str) -> tuple[type, str]:
+    """Our RecurrentPPO as of git revision ``rev``, importable next to the current one.
+
+    Exports ``rlsim2real/`` at ``rev`` into a temporary directory as ``rlsim2real_baseline``
+    (its absolute imports renamed accordingly) and imports it.
+
+    Returns:
+        The class and the full commit hash.
+    """
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    target = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "rlsim2real"], cwd=ROOT, check=True, capture_output=True).stdout
+    archive_path = target / "src.tar"
+    archive_path.write_bytes(archive)
+    with tarfile.open(archive_path) as tar:
+        tar.extractall(target, filter="data")
+    package = target / "rlsim2real"
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"\brlsim2real\b", BASELINE_PACKAGE, path.read_text()))
+    package.rename(target / BASELINE_PACKAGE)
+    sys.path.insert(0, str(target))
+    return importlib.import_module(BASELINE_PACKAGE + ".agents").RecurrentPPO, commit
 
 
 class PhaseTimer(BaseCallback):
@@ -76,13 +111,15 @@ def target_observations(n: int = 2048, seed: int = 0) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def build(variant: str, cfg: dict, seed: int):
+def build(variant: str, cfg: dict, seed: int, baseline_cls: type | None = None):
     env = make_vec_env("Hopper-v5", n_envs=cfg["n_envs"], seed=seed)
     kw = dict(n_steps=cfg["n_steps"], batch_size=cfg["batch_size"], n_epochs=cfg["n_epochs"], seed=seed, device="cpu")
     if variant == "sb3_contrib":
         return sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, **kw)
     if variant == "ours":
         return RecurrentPPO("MlpLstmPolicy", env, **kw)
+    if variant == BASELINE_VARIANT:
+        return baseline_cls("MlpLstmPolicy", env, **kw)
     if variant == "ours_dann":
         model = RecurrentPPO("MlpLstmPolicy", env, dann=dict(enabled=True, weight=0.1, schedule="ganin", gamma=10), **kw)
         model.set_target_observations(target_observations(seed=seed))
@@ -90,12 +127,15 @@ def build(variant: str, cfg: dict, seed: int):
     return PPO("MlpPolicy", env, **kw)
 
 
-def run_config(name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed: int) -> dict:
+def run_config(
+    name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed: int, baseline_cls: type | None = None
+) -> dict:
     steps_per_rollout = cfg["n_envs"] * cfg["n_steps"]
-    models = {v: build(v, cfg, seed) for v in VARIANTS}
-    totals = {v: {"wall_s": 0.0, "rollout_s": 0.0, "rollouts": 0} for v in VARIANTS}
+    variants = (*VARIANTS, BASELINE_VARIANT) if baseline_cls is not None else VARIANTS
+    models = {v: build(v, cfg, seed, baseline_cls) for v in variants}
+    totals = {v: {"wall_s": 0.0, "rollout_s": 0.0, "rollouts": 0} for v in variants}
     for rnd in range(rounds + 1):
-        for variant in VARIANTS:
+        for variant in variants:
             timer = PhaseTimer()
             n = 1 if rnd == 0 else rollouts_per_round
             t0 = time.perf_counter()
@@ -116,6 +156,12 @@ def run_config(name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed:
             "env_steps_per_s": t["rollouts"] * steps_per_rollout / t["wall_s"],
         }
     ref, ours, dann, mlp = (out[v] for v in VARIANTS)
+    if baseline_cls is not None:
+        base = out[BASELINE_VARIANT]
+        out["vs_baseline"] = {
+            "update_speedup": base["update_s_per_rollout"] / ours["update_s_per_rollout"],
+            "end_to_end_speedup": ours["env_steps_per_s"] / base["env_steps_per_s"],
+        }
     out["ratios"] = {
         "update_speedup_vs_sb3_contrib": ref["update_s_per_rollout"] / ours["update_s_per_rollout"],
         "rollout_speedup_vs_sb3_contrib": ref["rollout_s_per_rollout"] / ours["rollout_s_per_rollout"],
@@ -127,7 +173,7 @@ def run_config(name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed:
 
 
 GOALS = {
-    "update_speedup_vs_sb3_contrib": (">=", 10.0),
+    "update_speedup_vs_sb3_contrib": (">=", 12.0),
     "rollout_speedup_vs_sb3_contrib": (">=", 2.0),
     "end_to_end_vs_sb3_contrib": (">=", 5.0),
     "end_to_end_vs_sb3_ppo_mlp": (">=", 0.6),
@@ -144,9 +190,16 @@ def render_markdown(report: dict) -> str:
     for name, res in report["configs"].items():
         lines += [f"## {name}: {CONFIGS[name]}", "", "| variant | update s/rollout | rollout s/rollout | env steps/s |",
                   "|---|---:|---:|---:|"]
-        for v in VARIANTS:
+        for v in (*VARIANTS, BASELINE_VARIANT):
+            if v not in res:
+                continue
             r = res[v]
-            lines.append(f"| {v} | {r['update_s_per_rollout']:.3f} | {r['rollout_s_per_rollout']:.3f} | {r['env_steps_per_s']:.0f} |")
+            label = f"{v} (commit {report['baseline']['commit'][:10]})" if v == BASELINE_VARIANT else v
+            lines.append(f"| {label} | {r['update_s_per_rollout']:.3f} | {r['rollout_s_per_rollout']:.3f} | {r['env_steps_per_s']:.0f} |")
+        if "vs_baseline" in res:
+            vs = res["vs_baseline"]
+            lines += ["", f"Against the baseline in the same run: update {vs['update_speedup']:.2f}x faster, "
+                      f"end to end {vs['end_to_end_speedup']:.2f}x."]
         previous = report.get("previous_ratios", {}).get(name, {})
         lines += ["", "| ratio | value | previous run | goal | met |", "|---|---:|---:|---|---|"]
         for key, (op, goal) in GOALS.items():
@@ -164,6 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one counted round of one rollout")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every variant")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", metavar="REV", help="also time our agent as of this git revision")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     rounds = 1 if args.quick else args.rounds
@@ -178,12 +232,16 @@ def main() -> None:
         "configs": {},
         "load_average_1min_at_start": os.getloadavg()[0],
     }
+    baseline_cls = None
+    if args.baseline:
+        baseline_cls, commit = import_baseline(args.baseline)
+        report["baseline"] = {"rev": args.baseline, "commit": commit}
     previous = RESULTS / "agent_throughput.json"
     if previous.exists():  # the ratios of the last recorded run, shown next to the new ones
         old = json.loads(previous.read_text())
         report["previous_ratios"] = {name: res["ratios"] for name, res in old["configs"].items()}
     for name, cfg in CONFIGS.items():
-        report["configs"][name] = run_config(name, cfg, rounds, per_round[name], args.seed)
+        report["configs"][name] = run_config(name, cfg, rounds, per_round[name], args.seed, baseline_cls)
     report["load_average_1min_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "agent_throughput.json").write_text(json.dumps(report, indent=2))
