@@ -146,17 +146,8 @@ class _FastSamplingMixin:
             ``RecurrentRolloutBufferSamples`` (or the dict variant); tensors are
             flat padded batches of shape (n_seq * max_len, ...), LSTM states (n_layers, n_seq, H).
         """
-        if not self.full:
-            raise RuntimeError("Rollout buffer must be full before sampling from it")
-        if not self.generator_ready:
-            self._flatten_to_device()
-            self.generator_ready = True
-        total = self.buffer_size * self.n_envs
-        batch_size = total if batch_size is None else batch_size
-        # Same draw as sb3-contrib so seeded runs sample the same minibatches.
-        split_index = np.random.randint(total)
-        indices = np.concatenate((np.arange(split_index, total), np.arange(split_index)))
-        for start in range(0, total, batch_size):
+        indices, batch_size = self._sampling_order(batch_size)
+        for start in range(0, len(indices), batch_size):
             yield self._get_samples(indices[start : start + batch_size])
 
     def get_sequences(self, batch_size: int | None = None) -> Generator[SequenceBatch, None, None]:
@@ -168,19 +159,24 @@ class _FastSamplingMixin:
         Yields:
             One :class:`SequenceBatch` per minibatch.
         """
+        indices, batch_size = self._sampling_order(batch_size)
+        # Sequence boundaries of the whole rotated rollout, found once for all its minibatches.
+        boundary = np.logical_or(self._episode_starts_flat[indices], self._env_change_flat[indices]).ravel()
+        for start in range(0, len(indices), batch_size):
+            yield self._sequence_batch(indices[start : start + batch_size], boundary[start : start + batch_size].copy())
+
+    def _sampling_order(self, batch_size: int | None) -> tuple[np.ndarray, int]:
+        """The rollout's flat indices in sampling order, and the minibatch size to cut them by."""
         if not self.full:
             raise RuntimeError("Rollout buffer must be full before sampling from it")
         if not self.generator_ready:
             self._flatten_to_device()
             self.generator_ready = True
         total = self.buffer_size * self.n_envs
-        batch_size = total if batch_size is None else batch_size
+        # Same draw as sb3-contrib so seeded runs sample the same minibatches.
         split_index = np.random.randint(total)
         indices = np.concatenate((np.arange(split_index, total), np.arange(split_index)))
-        # Sequence boundaries of the whole rotated rollout, found once for all its minibatches.
-        boundary = np.logical_or(self._episode_starts_flat[indices], self._env_change_flat[indices]).ravel()
-        for start in range(0, total, batch_size):
-            yield self._sequence_batch(indices[start : start + batch_size], boundary[start : start + batch_size].copy())
+        return indices, total if batch_size is None else batch_size
 
     def _sequence_batch(self, batch_inds: np.ndarray, starts: np.ndarray) -> SequenceBatch:
         starts[0] = True
