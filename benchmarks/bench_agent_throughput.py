@@ -1,13 +1,13 @@
 """Training throughput of rlsim2real's RecurrentPPO vs sb3-contrib's and SB3's PPO (MLP) on Hopper-v5.
 
 All variants share one process and are interleaved round by round (A, B, C, D, A, B, ...)
-so that a noisy machine slows them alike; every time is taken both as wall time and as the
-process's CPU time (which other jobs on a busy machine inflate far less than wall time). ``--baseline REV`` adds our agent as of a git
-revision (its ``rlsim2real`` package, exported and imported under another name) as one more
-variant, so an earlier version and this one are timed side by side in the same process. Each round calls ``learn`` for a few rollouts
-with ``reset_num_timesteps=False``; a callback splits wall time into rollout collection
-and the update phase (``train()``). The first round of every variant is a warm-up and is
-not counted.
+so that a noisy machine slows them alike. Each round calls ``learn`` for a few rollouts
+with ``reset_num_timesteps=False``; a callback splits the time into rollout collection and
+the update phase (``train()``), both as wall time and as the process's CPU time (which
+other jobs on a busy machine inflate far less). The first round of every variant is a
+warm-up and is not counted. ``--baseline REV`` adds our agent as of a git revision (its
+``rlsim2real`` package, exported and imported under another name) as one more variant, so
+an earlier version and this one are timed side by side in the same process.
 
 Run:
     python benchmarks/bench_agent_throughput.py            # default, ~4-8 min on 2 cores
@@ -20,11 +20,13 @@ Writes benchmarks/results/agent_throughput.json and .md.
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import json
 import os
-import importlib
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -66,6 +68,7 @@ def import_baseline(rev: str) -> tuple[type, str]:
     """
     commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
     target = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     archive = subprocess.run(["git", "archive", "--format=tar", commit, "rlsim2real"], cwd=ROOT, check=True, capture_output=True).stdout
     archive_path = target / "src.tar"
     archive_path.write_bytes(archive)
