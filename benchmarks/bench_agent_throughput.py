@@ -2,13 +2,17 @@
 
 All variants share one process and are interleaved round by round (A, B, C, D, A, B, ...)
 so that a noisy machine slows them alike. Each round calls ``learn`` for a few rollouts
-with ``reset_num_timesteps=False``; a callback splits wall time into rollout collection
-and the update phase (``train()``). The first round of every variant is a warm-up and is
-not counted.
+with ``reset_num_timesteps=False``; a callback splits the time into rollout collection and
+the update phase (``train()``), both as wall time and as the process's CPU time (which
+other jobs on a busy machine inflate far less). The first round of every variant is a
+warm-up and is not counted. ``--baseline REV`` adds our agent as of a git revision (its
+``rlsim2real`` package, exported and imported under another name) as one more variant, so
+an earlier version and this one are timed side by side in the same process.
 
 Run:
     python benchmarks/bench_agent_throughput.py            # default, ~4-8 min on 2 cores
     python benchmarks/bench_agent_throughput.py --quick    # smoke run
+    python benchmarks/bench_agent_throughput.py --baseline main   # also time main's agent
 
 Writes benchmarks/results/agent_throughput.json and .md.
 """
@@ -16,10 +20,17 @@ Writes benchmarks/results/agent_throughput.json and .md.
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +46,40 @@ from stable_baselines3.common.env_util import make_vec_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlsim2real.agents import RecurrentPPO  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE_PACKAGE = "rlsim2real_baseline"
 CONFIGS = {
     "a_defaults_1env": dict(n_envs=1, n_steps=128, batch_size=128, n_epochs=10),
     "b_8env": dict(n_envs=8, n_steps=512, batch_size=256, n_epochs=4),
 }
 VARIANTS = ("sb3_contrib", "ours", "ours_dann", "sb3_ppo_mlp")
+BASELINE_VARIANT = "ours_baseline"
+
+
+def import_baseline(rev: str) -> tuple[type, str]:
+    """Our RecurrentPPO as of git revision ``rev``, importable next to the current one.
+
+    Exports ``rlsim2real/`` at ``rev`` into a temporary directory as ``rlsim2real_baseline``
+    (its absolute imports renamed accordingly) and imports it.
+
+    Returns:
+        The class and the full commit hash.
+    """
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    target = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "rlsim2real"], cwd=ROOT, check=True, capture_output=True).stdout
+    archive_path = target / "src.tar"
+    archive_path.write_bytes(archive)
+    with tarfile.open(archive_path) as tar:
+        tar.extractall(target, filter="data")
+    package = target / "rlsim2real"
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"\brlsim2real\b", BASELINE_PACKAGE, path.read_text()))
+    package.rename(target / BASELINE_PACKAGE)
+    sys.path.insert(0, str(target))
+    return importlib.import_module(BASELINE_PACKAGE + ".agents").RecurrentPPO, commit
 
 
 class PhaseTimer(BaseCallback):
@@ -49,13 +88,15 @@ class PhaseTimer(BaseCallback):
     def __init__(self) -> None:
         super().__init__()
         self.rollout_s = 0.0
+        self.rollout_cpu_s = 0.0
         self.rollouts = 0
 
     def _on_rollout_start(self) -> None:
-        self._t0 = time.perf_counter()
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def _on_rollout_end(self) -> None:
         self.rollout_s += time.perf_counter() - self._t0
+        self.rollout_cpu_s += time.process_time() - self._cpu0
         self.rollouts += 1
 
     def _on_step(self) -> bool:
@@ -76,13 +117,15 @@ def target_observations(n: int = 2048, seed: int = 0) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def build(variant: str, cfg: dict, seed: int):
+def build(variant: str, cfg: dict, seed: int, baseline_cls: type | None = None):
     env = make_vec_env("Hopper-v5", n_envs=cfg["n_envs"], seed=seed)
     kw = dict(n_steps=cfg["n_steps"], batch_size=cfg["batch_size"], n_epochs=cfg["n_epochs"], seed=seed, device="cpu")
     if variant == "sb3_contrib":
         return sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, **kw)
     if variant == "ours":
         return RecurrentPPO("MlpLstmPolicy", env, **kw)
+    if variant == BASELINE_VARIANT:
+        return baseline_cls("MlpLstmPolicy", env, **kw)
     if variant == "ours_dann":
         model = RecurrentPPO("MlpLstmPolicy", env, dann=dict(enabled=True, weight=0.1, schedule="ganin", gamma=10), **kw)
         model.set_target_observations(target_observations(seed=seed))
@@ -90,22 +133,27 @@ def build(variant: str, cfg: dict, seed: int):
     return PPO("MlpPolicy", env, **kw)
 
 
-def run_config(name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed: int) -> dict:
+def run_config(
+    name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed: int, baseline_cls: type | None = None
+) -> dict:
     steps_per_rollout = cfg["n_envs"] * cfg["n_steps"]
-    models = {v: build(v, cfg, seed) for v in VARIANTS}
-    totals = {v: {"wall_s": 0.0, "rollout_s": 0.0, "rollouts": 0} for v in VARIANTS}
+    variants = (*VARIANTS, BASELINE_VARIANT) if baseline_cls is not None else VARIANTS
+    models = {v: build(v, cfg, seed, baseline_cls) for v in variants}
+    totals = {v: {"wall_s": 0.0, "rollout_s": 0.0, "cpu_s": 0.0, "rollout_cpu_s": 0.0, "rollouts": 0} for v in variants}
     for rnd in range(rounds + 1):
-        for variant in VARIANTS:
+        for variant in variants:
             timer = PhaseTimer()
             n = 1 if rnd == 0 else rollouts_per_round
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             models[variant].learn(n * steps_per_rollout, callback=timer, reset_num_timesteps=rnd == 0)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             if rnd > 0:  # round 0 warms caches, allocators and the env
                 totals[variant]["wall_s"] += wall
                 totals[variant]["rollout_s"] += timer.rollout_s
+                totals[variant]["cpu_s"] += cpu
+                totals[variant]["rollout_cpu_s"] += timer.rollout_cpu_s
                 totals[variant]["rollouts"] += timer.rollouts
-            print(f"[{name}] round {rnd} {variant}: {wall:.2f}s", flush=True)
+            print(f"[{name}] round {rnd} {variant}: {wall:.2f}s wall, {cpu:.2f}s CPU", flush=True)
     out = {}
     for variant, t in totals.items():
         k = max(t["rollouts"], 1)
@@ -114,20 +162,37 @@ def run_config(name: str, cfg: dict, rounds: int, rollouts_per_round: int, seed:
             "update_s_per_rollout": (t["wall_s"] - t["rollout_s"]) / k,
             "rollout_s_per_rollout": t["rollout_s"] / k,
             "env_steps_per_s": t["rollouts"] * steps_per_rollout / t["wall_s"],
+            "update_cpu_s_per_rollout": (t["cpu_s"] - t["rollout_cpu_s"]) / k,
+            "rollout_cpu_s_per_rollout": t["rollout_cpu_s"] / k,
+            "env_steps_per_cpu_s": t["rollouts"] * steps_per_rollout / t["cpu_s"],
         }
     ref, ours, dann, mlp = (out[v] for v in VARIANTS)
-    out["ratios"] = {
-        "update_speedup_vs_sb3_contrib": ref["update_s_per_rollout"] / ours["update_s_per_rollout"],
-        "rollout_speedup_vs_sb3_contrib": ref["rollout_s_per_rollout"] / ours["rollout_s_per_rollout"],
-        "end_to_end_vs_sb3_contrib": ours["env_steps_per_s"] / ref["env_steps_per_s"],
-        "end_to_end_vs_sb3_ppo_mlp": ours["env_steps_per_s"] / mlp["env_steps_per_s"],
-        "dann_slowdown_vs_ours": ours["env_steps_per_s"] / dann["env_steps_per_s"] - 1.0,
-    }
+    if baseline_cls is not None:
+        base = out[BASELINE_VARIANT]
+        out["vs_baseline"] = {
+            "update_speedup": base["update_s_per_rollout"] / ours["update_s_per_rollout"],
+            "end_to_end_speedup": ours["env_steps_per_s"] / base["env_steps_per_s"],
+            "update_speedup_cpu": base["update_cpu_s_per_rollout"] / ours["update_cpu_s_per_rollout"],
+            "end_to_end_speedup_cpu": ours["env_steps_per_cpu_s"] / base["env_steps_per_cpu_s"],
+        }
+    out["ratios"] = ratios(ref, ours, dann, mlp, "s_per_rollout", "env_steps_per_s")
+    out["ratios_cpu"] = ratios(ref, ours, dann, mlp, "cpu_s_per_rollout", "env_steps_per_cpu_s")
     return out
 
 
+def ratios(ref: dict, ours: dict, dann: dict, mlp: dict, per_rollout: str, per_second: str) -> dict:
+    """The goal ratios from wall-time or CPU-time fields (``per_rollout``/``per_second`` suffixes)."""
+    return {
+        "update_speedup_vs_sb3_contrib": ref["update_" + per_rollout] / ours["update_" + per_rollout],
+        "rollout_speedup_vs_sb3_contrib": ref["rollout_" + per_rollout] / ours["rollout_" + per_rollout],
+        "end_to_end_vs_sb3_contrib": ours[per_second] / ref[per_second],
+        "end_to_end_vs_sb3_ppo_mlp": ours[per_second] / mlp[per_second],
+        "dann_slowdown_vs_ours": ours[per_second] / dann[per_second] - 1.0,
+    }
+
+
 GOALS = {
-    "update_speedup_vs_sb3_contrib": (">=", 10.0),
+    "update_speedup_vs_sb3_contrib": (">=", 12.0),
     "rollout_speedup_vs_sb3_contrib": (">=", 2.0),
     "end_to_end_vs_sb3_contrib": (">=", 5.0),
     "end_to_end_vs_sb3_ppo_mlp": (">=", 0.6),
@@ -142,18 +207,31 @@ def render_markdown(report: dict) -> str:
              f"{report['load_average_1min_at_end']:.2f} (other jobs on the machine inflate absolute times; "
              "variants are interleaved so ratios are fairer than absolutes)", ""]
     for name, res in report["configs"].items():
-        lines += [f"## {name}: {CONFIGS[name]}", "", "| variant | update s/rollout | rollout s/rollout | env steps/s |",
-                  "|---|---:|---:|---:|"]
-        for v in VARIANTS:
+        lines += [f"## {name}: {CONFIGS[name]}", "",
+                  "| variant | update s/rollout | rollout s/rollout | env steps/s | update CPU s/rollout | rollout CPU s/rollout | env steps/CPU s |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for v in (*VARIANTS, BASELINE_VARIANT):
+            if v not in res:
+                continue
             r = res[v]
-            lines.append(f"| {v} | {r['update_s_per_rollout']:.3f} | {r['rollout_s_per_rollout']:.3f} | {r['env_steps_per_s']:.0f} |")
+            label = f"{v} (commit {report['baseline']['commit'][:10]})" if v == BASELINE_VARIANT else v
+            lines.append(f"| {label} | {r['update_s_per_rollout']:.3f} | {r['rollout_s_per_rollout']:.3f} | {r['env_steps_per_s']:.0f} "
+                         f"| {r['update_cpu_s_per_rollout']:.3f} | {r['rollout_cpu_s_per_rollout']:.3f} | {r['env_steps_per_cpu_s']:.0f} |")
+        if "vs_baseline" in res:
+            vs = res["vs_baseline"]
+            lines += ["", f"Against the baseline in the same run: update {vs['update_speedup']:.2f}x faster "
+                      f"({vs['update_speedup_cpu']:.2f}x in CPU time), end to end {vs['end_to_end_speedup']:.2f}x "
+                      f"({vs['end_to_end_speedup_cpu']:.2f}x in CPU time)."]
         previous = report.get("previous_ratios", {}).get(name, {})
-        lines += ["", "| ratio | value | previous run | goal | met |", "|---|---:|---:|---|---|"]
+        lines += ["", "| ratio | value (wall) | value (CPU time) | previous run (wall) | goal | met (wall / CPU) |",
+                  "|---|---:|---:|---:|---|---|"]
+        met = lambda val, op, goal: "yes" if (val >= goal if op == ">=" else val <= goal) else "no"  # noqa: E731
         for key, (op, goal) in GOALS.items():
-            val = res["ratios"][key]
-            met = val >= goal if op == ">=" else val <= goal
+            val, val_cpu = res["ratios"][key], res["ratios_cpu"][key]
             before = f"{previous[key]:.2f}" if key in previous else "-"
-            lines.append(f"| {key} | {val:.2f} | {before} | {op} {goal} | {'yes' if met else 'no'} |")
+            lines.append(f"| {key} | {val:.2f} | {val_cpu:.2f} | {before} | {op} {goal} | {met(val, op, goal)} / {met(val_cpu, op, goal)} |")
+        missed = [key for key, (op, goal) in GOALS.items() if met(res["ratios_cpu"][key], op, goal) == "no"]
+        lines += ["", f"Goals not met in CPU time: {', '.join(missed) if missed else 'none'}."]
         lines.append("")
     return "\n".join(lines)
 
@@ -164,6 +242,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one counted round of one rollout")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every variant")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", metavar="REV", help="also time our agent as of this git revision")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     rounds = 1 if args.quick else args.rounds
@@ -178,12 +257,16 @@ def main() -> None:
         "configs": {},
         "load_average_1min_at_start": os.getloadavg()[0],
     }
+    baseline_cls = None
+    if args.baseline:
+        baseline_cls, commit = import_baseline(args.baseline)
+        report["baseline"] = {"rev": args.baseline, "commit": commit}
     previous = RESULTS / "agent_throughput.json"
     if previous.exists():  # the ratios of the last recorded run, shown next to the new ones
         old = json.loads(previous.read_text())
         report["previous_ratios"] = {name: res["ratios"] for name, res in old["configs"].items()}
     for name, cfg in CONFIGS.items():
-        report["configs"][name] = run_config(name, cfg, rounds, per_round[name], args.seed)
+        report["configs"][name] = run_config(name, cfg, rounds, per_round[name], args.seed, baseline_cls)
     report["load_average_1min_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "agent_throughput.json").write_text(json.dumps(report, indent=2))

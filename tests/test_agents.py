@@ -9,11 +9,12 @@ from gymnasium import spaces
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from rlsim2real.agents import FastRecurrentRolloutBuffer, RecurrentPPO, segments
-from rlsim2real.agents.policies import _run_sequence
+from rlsim2real.agents.policies import _run_sequence, diag_gaussian_log_prob_entropy
 
 th.set_num_threads(1)
 
@@ -93,6 +94,54 @@ def test_fast_buffer_yields_sb3_contrib_samples():
                         assert th.equal(p, q)
                 else:
                     assert x.shape == y.shape and th.equal(x, y.to(x.dtype)), field
+
+
+def test_sequence_batches_hold_the_real_rows_of_sb3_contrib_minibatches():
+    fast, ref = _buffers(spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (2,)), 2, 8)
+    for batch_size in (17, 64, None):
+        np.random.seed(1)
+        ours = list(fast.get_sequences(batch_size))
+        np.random.seed(1)
+        theirs = list(ref.get(batch_size))
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            mask = b.mask > 0
+            for field in ("observations", "actions", "old_values", "old_log_prob", "advantages", "returns"):
+                assert th.equal(getattr(a, field), getattr(b, field)[mask].to(getattr(a, field).dtype)), field
+            n_seq = b.lstm_states.pi[0].shape[1]
+            lengths = mask.reshape(n_seq, -1).sum(1)
+            order = a.plan.order
+            assert a.plan.n_rows == int(mask.sum()) and th.equal(lengths[order], lengths[order].sort(descending=True).values)
+            # The LSTMs start from sb3-contrib's states, zeroed where a sequence starts an episode.
+            keep = 1.0 - b.episode_starts.reshape(n_seq, -1)[:, 0]
+            for p, q in zip((*a.lstm_states.pi, *a.lstm_states.vf), (*b.lstm_states.pi, *b.lstm_states.vf)):
+                assert th.equal(p, (q * keep[None, :, None])[:, order])
+
+
+def test_closed_form_gaussian_matches_sb3_distribution():
+    th.manual_seed(0)
+    mean = th.randn(7, 3, requires_grad=True)
+    log_std = th.randn(3, requires_grad=True)
+    actions = th.randn(7, 3)
+    dist = DiagGaussianDistribution(3).proba_distribution(mean, log_std)
+    expected = (dist.log_prob(actions), dist.entropy())
+    got = diag_gaussian_log_prob_entropy(mean, log_std, actions)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and th.allclose(g, e, atol=1e-6)
+    weights = th.randn(7)
+    loss = lambda lp, ent: (weights * lp).sum() - 0.3 * ent.mean()  # noqa: E731
+    for g, e in zip(th.autograd.grad(loss(*got), (mean, log_std)), th.autograd.grad(loss(*expected), (mean, log_std))):
+        assert th.allclose(g, e, atol=1e-5)
+
+
+def test_early_stopping_on_kl_matches_sb3_contrib():
+    kwargs = dict(n_steps=64, batch_size=16, n_epochs=3, target_kl=1e-7, seed=0, device="cpu")
+    ours = RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", **kwargs).learn(2 * 64)
+    ref = sb3_contrib.RecurrentPPO("MlpLstmPolicy", "Pendulum-v1", **kwargs).learn(2 * 64)
+    assert ours._n_updates == ref._n_updates < 2 * 3
+    theirs = dict(ref.policy.named_parameters())
+    for name, param in ours.policy.named_parameters():
+        assert th.allclose(param, theirs[name], atol=1e-5, rtol=0), name
 
 
 def _ppo_loss(values, log_prob, entropy, batch):

@@ -7,6 +7,7 @@ interchangeable; only how the LSTM is driven (and which padding rows are compute
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,10 +18,13 @@ from sb3_contrib.common.recurrent.policies import (
     RecurrentMultiInputActorCriticPolicy,
 )
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.distributions import DiagGaussianDistribution
 from torch import nn
 
 from rlsim2real.agents.rollout import RolloutKernel, RolloutStep
-from rlsim2real.agents.segments import run_segments
+from rlsim2real.agents.segments import SequencePlan, plan_sequences, run_planned
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class EvaluatedActions(NamedTuple):
@@ -80,28 +84,28 @@ def _reset_states(lstm_states: tuple[th.Tensor, th.Tensor], episode_starts: th.T
     return keep * lstm_states[0], keep * lstm_states[1]
 
 
-def _run_training_sequence(
-    features: th.Tensor,
-    lstm_states: tuple[th.Tensor, th.Tensor],
-    episode_starts: th.Tensor,
-    lstm: nn.LSTM,
-    lengths: np.ndarray | None,
-) -> th.Tensor:
-    """:func:`_run_sequence` for a loss: with ``lengths``, padding is skipped (:mod:`.segments`).
+def diag_gaussian_log_prob_entropy(mean: th.Tensor, log_std: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """Log-probability and entropy of a diagonal Gaussian with state-independent ``log_std``.
+
+    What SB3's ``DiagGaussianDistribution`` returns after ``proba_distribution(mean, log_std)``,
+    computed directly (no ``torch.distributions`` object, argument checks or broadcast std).
 
     Args:
-        features: Shape (n_seq * max_len, F), sequence-major.
-        lstm_states: Each (n_layers, n_seq, H).
-        episode_starts: Shape (n_seq * max_len,).
-        lstm: The LSTM.
-        lengths: Real length of each sequence, shape (n_seq,), or None.
+        mean: Shape (B, A).
+        log_std: Shape (A,).
+        actions: Shape (B, A).
 
     Returns:
-        Outputs of shape (n_seq * max_len, H); rows past a sequence's length are unspecified.
+        ``log_prob`` and ``entropy``, each shape (B,), summed over action dimensions.
+
+    Example:
+        >>> lp, ent = diag_gaussian_log_prob_entropy(th.zeros(1, 2), th.zeros(2), th.zeros(1, 2))
+        >>> round(lp.item(), 4), round(ent.item(), 4)
+        (-1.8379, 2.8379)
     """
-    if lengths is None or _starts_inside(episode_starts, lstm_states[0].shape[1]):
-        return _run_sequence(features, lstm_states, episode_starts, lstm)[0]
-    return run_segments(features, _reset_states(lstm_states, episode_starts), lstm, lengths)
+    log_prob = (-0.5 * (actions - mean).square() * th.exp(-2.0 * log_std) - log_std).sum(1) - _HALF_LOG_2PI * mean.shape[1]
+    entropy = (log_std.sum() + (0.5 + _HALF_LOG_2PI) * mean.shape[1]).expand(mean.shape[0])
+    return log_prob, entropy
 
 
 def _kernel_choice(optimizer_class: type[th.optim.Optimizer], optimizer_kwargs: dict[str, Any]) -> dict[str, bool]:
@@ -116,8 +120,12 @@ class FastRecurrentPolicyMixin:
     """Fast paths for :class:`RecurrentActorCriticPolicy` subclasses.
 
     * ``_process_sequence``: one LSTM call per minibatch (see :func:`_run_sequence`).
-    * :meth:`evaluate_actions_with_features` with a ``mask``: LSTMs over length-sorted
-      segments that skip most padding (see :mod:`rlsim2real.agents.segments`).
+    * :meth:`evaluate_sequences`: the update's path. LSTMs over length-sorted segments that
+      skip most padding, read from and return real rows only (see
+      :mod:`rlsim2real.agents.segments`); the heads and the distribution see real rows only,
+      and a diagonal Gaussian is evaluated in closed form
+      (:func:`diag_gaussian_log_prob_entropy`). :meth:`evaluate_actions_with_features` with a
+      ``mask`` runs the same on a padded minibatch.
     * :meth:`rollout_step`: a :class:`~rlsim2real.agents.rollout.RolloutKernel` (actor and
       critic in one pass, ``th.lstm_cell`` per layer, layers unrolled into plain calls,
       closed-form diagonal Gaussian sampling drawing the same random numbers as
@@ -231,26 +239,63 @@ class FastRecurrentPolicyMixin:
         Returns:
             The :class:`EvaluatedActions`.
         """
+        n_seq = lstm_states.pi[0].shape[1]
+        if mask is not None and not _starts_inside(episode_starts, n_seq):
+            lengths = mask.reshape((n_seq, -1)).sum(1).cpu().numpy()
+            rows = mask.nonzero().squeeze(1)
+            plan = plan_sequences(lengths, rows.device)
+            sort = lambda pair: (pair[0].index_select(1, plan.order), pair[1].index_select(1, plan.order))  # noqa: E731
+            states = RNNStates(sort(_reset_states(lstm_states.pi, episode_starts)), sort(_reset_states(lstm_states.vf, episode_starts)))
+            rows_of = lambda x: x.index_select(0, rows)  # noqa: E731
+            obs = {k: rows_of(v) for k, v in obs.items()} if isinstance(obs, dict) else rows_of(obs)
+            return self.evaluate_sequences(obs, rows_of(actions), states, plan)
         features = self.extract_features(obs)
         pi_features, vf_features = (features, features) if self.share_features_extractor else features
-        lengths = rows = None
-        if mask is not None:
-            lengths = mask.reshape((lstm_states.pi[0].shape[1], -1)).sum(1).cpu().numpy()
-            rows = mask.nonzero().squeeze(1)
-        latent_pi = _run_training_sequence(pi_features, lstm_states.pi, episode_starts, self.lstm_actor, lengths)
+        latent_pi = _run_sequence(pi_features, lstm_states.pi, episode_starts, self.lstm_actor)[0]
         if self.lstm_critic is not None:
-            latent_vf = _run_training_sequence(vf_features, lstm_states.vf, episode_starts, self.lstm_critic, lengths)
+            latent_vf = _run_sequence(vf_features, lstm_states.vf, episode_starts, self.lstm_critic)[0]
         elif self.shared_lstm:
             latent_vf = latent_pi.detach()
         else:
             latent_vf = self.critic(vf_features)
-        if rows is not None:
-            # The heads, distribution and losses only need real rows (less than half of a
-            # padded minibatch in typical rollouts).
-            latent_pi, latent_vf, actions = latent_pi[rows], latent_vf[rows], actions[rows]
-            pi_features = pi_features[rows]
-        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        if mask is not None:
+            rows = mask.nonzero().squeeze(1)
+            latent_pi, latent_vf, actions, pi_features = latent_pi[rows], latent_vf[rows], actions[rows], pi_features[rows]
+        return self._evaluate_heads(latent_pi, latent_vf, actions, pi_features)
+
+    def evaluate_sequences(
+        self, obs: th.Tensor | dict[str, th.Tensor], actions: th.Tensor, lstm_states: RNNStates, plan: SequencePlan
+    ) -> EvaluatedActions:
+        """Values, log-probs and entropy for the real rows of a minibatch of sequences.
+
+        Args:
+            obs: Real rows, shape (n_rows, *obs_shape) (or a dict of such), sequence-major.
+            actions: Shape (n_rows, *action_shape).
+            lstm_states: Initial states, each (n_layers, n_seq, H), reset at episode starts,
+                sequences in ``plan.order`` (as :class:`~rlsim2real.agents.buffers.SequenceBatch` holds them).
+            plan: The minibatch's :class:`~rlsim2real.agents.segments.SequencePlan`.
+
+        Returns:
+            The :class:`EvaluatedActions`, one row per real row.
+        """
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        latent_pi = run_planned(pi_features, lstm_states.pi, self.lstm_actor, plan)
+        if self.lstm_critic is not None:
+            latent_vf = run_planned(vf_features, lstm_states.vf, self.lstm_critic, plan)
+        elif self.shared_lstm:
+            latent_vf = latent_pi.detach()
+        else:
+            latent_vf = self.critic(vf_features)
+        return self._evaluate_heads(latent_pi, latent_vf, actions, pi_features)
+
+    def _evaluate_heads(self, latent_pi: th.Tensor, latent_vf: th.Tensor, actions: th.Tensor, pi_features: th.Tensor) -> EvaluatedActions:
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        if type(self.action_dist) is DiagGaussianDistribution:
+            log_prob, entropy = diag_gaussian_log_prob_entropy(self.action_net(latent_pi), self.log_std, actions)
+            return EvaluatedActions(values, log_prob, entropy, pi_features)
+        distribution = self._get_action_dist_from_latent(latent_pi)
         return EvaluatedActions(values, distribution.log_prob(actions), distribution.entropy(), pi_features)
 
 

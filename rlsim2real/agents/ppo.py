@@ -43,9 +43,10 @@ class RecurrentPPO(_SB3RecurrentPPO):
     sb3-contrib (see :meth:`save`). The policy aliases resolve to :mod:`rlsim2real.agents.policies`
     (as do sb3-contrib's own policy classes, given by class or by a checkpoint): in the
     update the LSTMs run a few calls per minibatch (length-sorted segments that skip most
-    padding) instead of one per time step, and the heads and losses see only real rows;
-    rollouts use a lean inference step; the buffer pads minibatches with vectorized indexing;
-    Adam runs fused.
+    padding) instead of one per time step, reading and returning only real rows, so the
+    buffer never pads a minibatch and the heads and losses see only real rows; a diagonal
+    Gaussian is evaluated in closed form; rollouts use a lean inference step; Adam runs
+    fused.
 
     Args:
         *args: As for :class:`sb3_contrib.RecurrentPPO`.
@@ -233,7 +234,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
     # -------------------------------------------------------------- update
     def train(self) -> None:
         """PPO update on the rollout buffer, as sb3-contrib's, plus the DANN terms when enabled."""
-        if not isinstance(self.policy, FastRecurrentPolicyMixin):
+        if not isinstance(self.policy, FastRecurrentPolicyMixin) or not hasattr(self.rollout_buffer, "get_sequences"):
             return super().train()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -242,35 +243,31 @@ class RecurrentPPO(_SB3RecurrentPPO):
         if self._dann is not None:
             self._dann.begin_update()
         stats: dict[str, list[th.Tensor]] = {"entropy": [], "pg": [], "value": [], "clip": []}
-        approx_kl_divs: list[float] = []
         continue_training = True
+        approx_kl_divs: list[th.Tensor] = []
+        discrete = isinstance(self.action_space, spaces.Discrete)
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
-                actions = rollout_data.actions
-                if isinstance(self.action_space, spaces.Discrete):
-                    actions = rollout_data.actions.long().flatten()
-                # Padding rows carry no loss: evaluate and average over the real rows only
-                # (the same elements, in the same order, as sb3-contrib's ``x[mask]``).
-                mask = rollout_data.mask > 1e-8
-                values, log_prob, entropy, features = self.policy.evaluate_actions_with_features(
-                    rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts, mask
+            for batch in self.rollout_buffer.get_sequences(self.batch_size):
+                # Real rows only: the same elements, in the same order, as sb3-contrib's ``x[mask]``.
+                actions = batch.actions.long().flatten() if discrete else batch.actions
+                values, log_prob, entropy, features = self.policy.evaluate_sequences(
+                    batch.observations, actions, batch.lstm_states, batch.plan
                 )
                 values = values.flatten()
-                advantages = rollout_data.advantages[mask]
-                old_log_prob, old_values = rollout_data.old_log_prob[mask], rollout_data.old_values[mask]
-                returns = rollout_data.returns[mask]
+                advantages = batch.advantages
                 if self.normalize_advantage:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                ratio = th.exp(log_prob - old_log_prob)
+                log_ratio = log_prob - batch.old_log_prob
+                ratio = th.exp(log_ratio)
                 policy_loss_1 = advantages * ratio
                 policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
                 policy_loss = -th.mean(th.min(policy_loss_1, policy_loss_2))
                 if clip_range_vf is None:
                     values_pred = values
                 else:
-                    values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-                value_loss = th.mean((returns - values_pred) ** 2)
+                    values_pred = batch.old_values + th.clamp(values - batch.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = th.mean((batch.returns - values_pred) ** 2)
                 entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 if self._dann is not None:
@@ -280,19 +277,19 @@ class RecurrentPPO(_SB3RecurrentPPO):
                     stats["clip"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
                     stats["value"].append(value_loss.detach())
                     stats["entropy"].append(entropy_loss.detach())
-                    log_ratio = log_prob - old_log_prob
-                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
+                    approx_kl_div = th.mean((ratio - 1) - log_ratio)
                     approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                # Only early stopping needs the value now; logging reads them all at the end.
+                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div.item():.2f}")
                     break
-                self.policy.optimizer.zero_grad()
+                self.policy.optimizer.zero_grad(set_to_none=True)
                 if self._dann is not None:
-                    self._dann.optimizer.zero_grad()
+                    self._dann.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm, foreach=True)
                 self.policy.optimizer.step()
                 if self._dann is not None:
                     self._dann.step()
@@ -309,7 +306,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
         self.logger.record("train/entropy_loss", mean(stats["entropy"]))
         self.logger.record("train/policy_gradient_loss", mean(stats["pg"]))
         self.logger.record("train/value_loss", mean(stats["value"]))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/approx_kl", np.mean(th.stack(approx_kl_divs).tolist()) if approx_kl_divs else np.nan)
         self.logger.record("train/clip_fraction", mean(stats["clip"]))
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)

@@ -1,4 +1,4 @@
-"""Run an LSTM over a padded minibatch of sequences in a few length-sorted segments.
+"""Run an LSTM over a minibatch of sequences in a few length-sorted segments.
 
 PPO minibatches hold sequences of very different lengths, padded to the longest. On CPU an
 LSTM step costs roughly ``a + b * rows``, so the padding rows are paid for in full. Sorting
@@ -8,6 +8,10 @@ LSTM call (weight reorders and the like). :func:`plan_segments` picks the cuts t
 this cost, and :func:`run_segments` runs them with ``nn.LSTM`` itself, chaining the states
 from one segment into the next, so the outputs and gradients on real steps are those of one
 call over the padded batch (same kernels, same math).
+
+:func:`plan_sequences` does all the index work of one minibatch once (the actor's and the
+critic's LSTM share it): the segment inputs are gathered straight from the real rows, and
+the outputs come back as real rows in their original order, so nothing is padded in between.
 """
 
 from __future__ import annotations
@@ -73,6 +77,92 @@ def plan_segments(lengths: np.ndarray, call_cost: float | None = None, step_cost
     return segments[::-1]
 
 
+class SequencePlan(NamedTuple):
+    """How the real rows of a minibatch of sequences map onto length-sorted LSTM segments.
+
+    Real rows are sequence-major: all steps of sequence 0, then of sequence 1, and so on.
+
+    Attributes:
+        segments: The segments, in time order.
+        order: Sequences by decreasing length (stable), shape (n_seq,); the initial LSTM
+            states must be given in this order.
+        gather: For every step of every segment (segment by segment, time-major), the real
+            row it reads, or ``n_rows`` for padding; shape (sum of steps x rows,).
+        scatter: Position of each real row in the concatenated segment outputs, shape (n_rows,).
+        n_rows: Number of real rows.
+    """
+
+    segments: tuple[Segment, ...]
+    order: th.Tensor
+    gather: th.Tensor
+    scatter: th.Tensor
+    n_rows: int
+
+
+def plan_sequences(lengths: np.ndarray, device: th.device | str = "cpu") -> SequencePlan:
+    """Segments (:func:`plan_segments`) and the gather/scatter indices to run them on real rows.
+
+    Args:
+        lengths: Real length of each sequence in row order, shape (n_seq,), each >= 1.
+        device: Device of the index tensors.
+
+    Returns:
+        The :class:`SequencePlan`.
+
+    Example:
+        >>> plan = plan_sequences(np.array([1, 3]))  # rows 0 | 1, 2, 3; padding reads row 4
+        >>> plan.segments, plan.order.tolist()
+        ((Segment(start=0, stop=3, rows=2),), [1, 0])
+        >>> plan.gather.tolist(), plan.scatter.tolist()
+        ([1, 0, 2, 4, 3, 4], [1, 0, 2, 4])
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    segments = tuple(plan_segments(lengths))
+    order = np.argsort(-lengths, kind="stable")
+    sorted_len = lengths[order]
+    first = (np.cumsum(lengths) - lengths)[order]  # first real row of each sorted sequence
+    n_rows = int(lengths.sum())
+    gathers, scatter, offset = [], np.empty(n_rows, dtype=np.int64), 0
+    for seg in segments:
+        t = np.arange(seg.start, seg.stop)[:, None]
+        real = t < sorted_len[None, : seg.rows]
+        rows = np.where(real, first[None, : seg.rows] + t, n_rows)
+        position = offset + (t - seg.start) * seg.rows + np.arange(seg.rows)[None, :]
+        scatter[rows[real]] = position[real]
+        gathers.append(rows.ravel())
+        offset += rows.size
+    to_t = lambda a: th.as_tensor(a, dtype=th.long, device=device)  # noqa: E731
+    return SequencePlan(segments, to_t(order), to_t(np.concatenate(gathers)), to_t(scatter), n_rows)
+
+
+def run_planned(features: th.Tensor, states: tuple[th.Tensor, th.Tensor], lstm: nn.LSTM, plan: SequencePlan) -> th.Tensor:
+    """Run ``lstm`` over the real rows of a minibatch of sequences, segment by segment.
+
+    Args:
+        features: Real rows, shape (n_rows, F), sequence-major.
+        states: Initial (h, c) of every sequence in ``plan.order``, each (n_layers, n_seq, H),
+            already reset where a sequence starts an episode.
+        lstm: A sequence-first LSTM.
+        plan: From :func:`plan_sequences` for these sequences.
+
+    Returns:
+        Outputs for the real rows, shape (n_rows, H), in the order of ``features``.
+    """
+    # Padding steps read a zero row; they never feed a real step (padding only follows a
+    # sequence's end), so their value does not matter as long as it is finite.
+    inputs = F.pad(features, (0, 0, 0, 1)).index_select(0, plan.gather)
+    h, c = states
+    outputs, offset = [], 0
+    for seg in plan.segments:
+        n = (seg.stop - seg.start) * seg.rows
+        if seg.rows < h.shape[1]:
+            h, c = h[:, : seg.rows].contiguous(), c[:, : seg.rows].contiguous()
+        out, (h, c) = lstm(inputs[offset : offset + n].view(seg.stop - seg.start, seg.rows, -1), (h, c))
+        outputs.append(out.reshape(n, -1))
+        offset += n
+    return (outputs[0] if len(outputs) == 1 else th.cat(outputs)).index_select(0, plan.scatter)
+
+
 def run_segments(
     features: th.Tensor, states: tuple[th.Tensor, th.Tensor], lstm: nn.LSTM, lengths: np.ndarray
 ) -> th.Tensor:
@@ -86,27 +176,13 @@ def run_segments(
         lengths: Real length of each sequence, shape (n_seq,).
 
     Returns:
-        Outputs of shape (n_seq * max_len, H). Padding rows hold zeros or values computed
-        from padding; either way they do not influence real rows.
+        Outputs of shape (n_seq * max_len, H), zeros on padding rows.
     """
     n_seq = states[0].shape[1]
-    sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
-    max_len = sequence.shape[0]
-    segments = plan_segments(lengths)
-    if len(segments) == 1 and segments[0].rows == n_seq:
-        output, _ = lstm(sequence, states)
-    else:
-        order_np = np.argsort(-np.asarray(lengths), kind="stable")
-        order = th.as_tensor(order_np, device=features.device)
-        sequence = sequence.index_select(1, order)
-        h, c = states[0].index_select(1, order), states[1].index_select(1, order)
-        outputs = []
-        for seg in segments:
-            initial = (h[:, : seg.rows].contiguous(), c[:, : seg.rows].contiguous())
-            out, (h, c) = lstm(sequence[seg.start : seg.stop, : seg.rows], initial)
-            outputs.append(F.pad(out, (0, 0, 0, n_seq - seg.rows)))
-        if segments[-1].stop < max_len:
-            outputs.append(outputs[0].new_zeros((max_len - segments[-1].stop, n_seq, outputs[0].shape[-1])))
-        inverse = th.as_tensor(np.argsort(order_np), device=features.device)
-        output = th.cat(outputs).index_select(1, inverse)
-    return th.flatten(output.transpose(0, 1), start_dim=0, end_dim=1)
+    max_len = features.shape[0] // n_seq
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rows = th.as_tensor(np.flatnonzero(np.arange(max_len)[None, :] < lengths[:, None]), device=features.device)
+    plan = plan_sequences(lengths, features.device)
+    sorted_states = (states[0].index_select(1, plan.order), states[1].index_select(1, plan.order))
+    real = run_planned(features.index_select(0, rows), sorted_states, lstm, plan)
+    return real.new_zeros((n_seq * max_len, real.shape[1])).index_copy(0, rows, real)
