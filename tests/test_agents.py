@@ -432,3 +432,17 @@ def test_learns_inverted_pendulum(dann):
     model.learn(60_000)
     mean_return, _ = evaluate_policy(model, make_vec_env("InvertedPendulum-v5", n_envs=1, seed=1), n_eval_episodes=5)
     assert mean_return > 500
+
+
+def test_image_batches_reach_the_cnn_channels_last_with_the_same_features():
+    model = RecurrentPPO("CnnLstmPolicy", _TinyImageEnv(), n_steps=16, batch_size=16, seed=0, device="cpu",
+                         policy_kwargs=dict(lstm_hidden_size=16, features_extractor_kwargs=dict(features_dim=32)))
+    seen = []
+    model.policy.features_extractor.cnn.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    shape = model.observation_space.shape
+    obs = th.as_tensor(np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8))
+    with th.no_grad():
+        features = model.policy.extract_features(obs)
+        plain = model.policy.features_extractor(obs.float() / 255.0)
+    assert seen[0].is_contiguous(memory_format=th.channels_last)
+    th.testing.assert_close(features, plain, atol=1e-5, rtol=1e-5)
