@@ -142,7 +142,17 @@ class MujocoBatchBackend(SimBackend):
         return values
 
     def set_const(self, ids: np.ndarray) -> None:
-        self.batch.set_const(np.asarray(ids, dtype=np.int32))
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        raw = getattr(self.batch, "_b", None)
+        if raw is None:
+            self.batch.set_const(ids)
+            return
+        # Batch.set_const validates its ids with a dozen numpy calls at every reset; the
+        # VecEnv's are sorted, unique and in range already, so the binding is called
+        # directly, and a failure is reported as Batch reports it.
+        nfail = raw.set_const(ids)
+        if nfail:
+            self.batch._check(ids, nfail)
 
     def unstable_since_last_call(self) -> np.ndarray:
         counts = self._warning_numbers()

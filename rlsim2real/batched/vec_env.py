@@ -156,12 +156,14 @@ class BatchedVecEnv(VecEnv):
 
     def _reset_worlds(self, ids: np.ndarray, seeds: Sequence[int | None]) -> np.ndarray:
         """Draw each world's parameters and initial state (as ``RandomizationWrapper.reset``
-        and ``MujocoEnv.reset`` do, in that order), apply them all, return the observations."""
+        and ``MujocoEnv.reset`` do, in that order), apply them all, return the observations.
+
+        Each world draws from its own streams; what is done once for all of them is the
+        drawing call (:meth:`BatchedRandomization.draw`), the arithmetic and the writes."""
         randomization, task = self.randomization, self.task
-        qpos = np.empty((len(ids), task.nq))
-        qvel = np.empty((len(ids), task.nv))
-        for j, (w, seed) in enumerate(zip(ids.tolist(), seeds)):
-            sampler = randomization.samplers[w]
+        worlds = ids.tolist()
+        samplers = [randomization.samplers[w] for w in worlds]
+        for w, sampler, seed in zip(worlds, samplers, seeds):
             if sampler.restored:  # continue a restored stream (see load_sampler_state)
                 seed, sampler.restored = None, False
             if seed is None:
@@ -169,12 +171,13 @@ class BatchedVecEnv(VecEnv):
             sampler.pending_seed = None
             if seed is not None:
                 sampler.seed(seed)
-            sampler.draw()
-            self._episodes[w] = sampler.sample()
             if seed is not None or self._np_random[w] is None:
                 self._np_random[w], _ = seeding.np_random(seed)
-            qpos[j], qvel[j] = task.reset_state(self._np_random[w])
-            self.reset_infos[w] = {"dr_params": sampler.params()}
+        episodes, params = randomization.draw(ids)
+        for w, episode, values in zip(worlds, episodes, params):
+            self._episodes[w] = episode
+            self.reset_infos[w] = {"dr_params": values}
+        qpos, qvel = task.reset_states([self._np_random[w] for w in worlds])
         randomization.apply(ids)
         self.backend.reset(ids, qpos, qvel)
         randomization.delay.start_episode(ids)
