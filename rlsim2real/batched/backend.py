@@ -103,7 +103,9 @@ class MujocoBatchBackend(SimBackend):
         self._qvel = self.batch.bind("qvel")
         self._ctrl = self.batch.bind("ctrl")
         # Warning counters: (n_worlds, mjNWARNING, [lastinfo, number]).
-        self._bad = np.array([int(w) for w in UNSTABLE_WARNINGS], dtype=np.intp)
+        bad = sorted(int(w) for w in UNSTABLE_WARNINGS)
+        # Consecutive in mjtWarning: a view of the counters rather than a gather.
+        self._bad = slice(bad[0], bad[-1] + 1) if bad == list(range(bad[0], bad[-1] + 1)) else np.array(bad, dtype=np.intp)
         self._counts = self._warning_numbers()
         self.batch.reset([0])
         self._reset_row = self.batch.state[0].copy()
@@ -156,7 +158,7 @@ class MujocoBatchBackend(SimBackend):
 
     def unstable_since_last_call(self) -> np.ndarray:
         counts = self._warning_numbers()
-        moved = (counts != self._counts).any(axis=1)
+        moved = np.logical_or.reduce(counts != self._counts, axis=1)
         self._counts = counts
         return moved
 

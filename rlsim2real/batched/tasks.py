@@ -99,7 +99,8 @@ class _Planar(BatchedTask):
             self.angle_range = env._healthy_angle_range
 
     def observe(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        velocity = np.clip(qvel, -10, 10) if self.clip_velocity else qvel
+        # np.clip is minimum(maximum(x, lo), hi) (NaN kept), called here without its wrappers.
+        velocity = np.minimum(np.maximum(qvel, -10.0), 10.0) if self.clip_velocity else qvel
         return np.concatenate((qpos[:, self.skip:], velocity), axis=1)
 
     def is_healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
@@ -111,7 +112,7 @@ class _Planar(BatchedTask):
         x_velocity = (qpos[:, 0] - x_before) / dt
         forward = self.forward_weight * x_velocity
         # Summed in the action's dtype, as the env's ``np.sum(np.square(action))`` is.
-        ctrl_cost = self.ctrl_weight * np.sum(np.square(action), axis=1)
+        ctrl_cost = self.ctrl_weight * np.add.reduce(np.square(action), axis=1)
         if not self.healthy:
             return TaskStep(self.observe(qpos, qvel), forward - ctrl_cost, np.zeros(len(qpos), dtype=bool))
         healthy = self.is_healthy(qpos, qvel)
@@ -128,7 +129,10 @@ class Hopper(_Planar):
     def is_healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         low, high = self.state_range
         state = np.concatenate((qpos[:, 2:], qvel), axis=1)  # state_vector()[2:]
-        in_range = ((low < state) & (state < high)).all(axis=1)
+        if low == -high:  # the default (-100, 100): low < x < high is |x| < high, NaN false in both
+            in_range = np.logical_and.reduce(np.abs(state) < high, axis=1)
+        else:
+            in_range = np.logical_and.reduce((low < state) & (state < high), axis=1)
         return in_range & super().is_healthy(qpos, qvel)
 
 

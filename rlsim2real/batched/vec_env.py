@@ -127,7 +127,10 @@ class BatchedVecEnv(VecEnv):
         raw, reward, terminated = self.task.step(x_before, backend.qpos, backend.qvel, applied, dt)
         # PhysicsGuard: a world that diverged ends truncated, with its last finite
         # observation and reward 0.
-        unstable = backend.unstable_since_last_call() | ~np.isfinite(raw).all(axis=1) | ~np.isfinite(reward)
+        finite = np.logical_and.reduce(np.isfinite(raw), axis=1)
+        finite &= np.isfinite(reward)
+        unstable = backend.unstable_since_last_call()
+        unstable |= ~finite
         if unstable.any():
             raw[unstable] = self._last_obs[unstable]
             reward[unstable] = 0.0
@@ -143,14 +146,17 @@ class BatchedVecEnv(VecEnv):
         done_ids = np.flatnonzero(dones)
         if done_ids.size:
             now = round(time.time() - self._t_start, 6)
-            for w in done_ids.tolist():
+            # Read once for the worlds that ended, as Python values.
+            ended = zip(done_ids.tolist(), obs[done_ids], (truncated & ~terminated)[done_ids].tolist(),
+                        self._returns[done_ids].tolist(), self._lengths[done_ids].tolist(), unstable[done_ids].tolist())
+            for w, terminal, time_limit, ret, length, diverged in ended:
                 info = infos[w]
-                info["TimeLimit.truncated"] = bool(truncated[w] and not terminated[w])
-                info["terminal_observation"] = obs[w].copy()
-                info["episode"] = {"r": round(float(self._returns[w]), 6), "l": int(self._lengths[w]), "t": now}
+                info["TimeLimit.truncated"] = time_limit
+                info["terminal_observation"] = terminal
+                info["episode"] = {"r": round(ret, 6), "l": length, "t": now}
                 info["dr_episode"] = self._episodes[w]
-                if unstable[w]:
-                    info["instability"] = f"diverging state (MuJoCo warning or non-finite values) at step {self._elapsed[w]}"
+                if diverged:
+                    info["instability"] = f"diverging state (MuJoCo warning or non-finite values) at step {length}"
             obs[done_ids] = self._reset_worlds(done_ids, [None] * done_ids.size)
         return obs, reward.astype(np.float32), dones, infos
 
