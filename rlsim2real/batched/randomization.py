@@ -211,17 +211,12 @@ class BatchedObservationNoise:
             # on Python floats (the same IEEE operation), a handful per world.
             numbers, noisy, identity = [], [], []
             for row in values.tolist():
-                std, bias, scale = self._nominal_list
+                world = list(self._nominal_list)  # std, bias, scale
                 for i, k, mode in self._uniform_plan:
-                    c = self._nominal_list[i]
-                    x = c * row[k] if mode == "scale" else c + row[k] if mode == "add" else row[k]
-                    if i == 0:
-                        std = x
-                    elif i == 1:
-                        bias = x
-                    else:
-                        scale = x
-                numbers.append((std, bias, scale))
+                    c = world[i]
+                    world[i] = c * row[k] if mode == "scale" else c + row[k] if mode == "add" else row[k]
+                std, bias, scale = world
+                numbers.append(world)
                 noisy.append(std != 0)
                 identity.append(std == 0 and bias == 0 and scale == 1)
             self._current[:, ids] = np.array(numbers).T[:, :, None]
