@@ -327,12 +327,13 @@ class BatchedActionDelay:
         """Set the delays of worlds ``ids`` from their term values, shape (k, 0 or 1)."""
         if self._param is None or not len(ids):
             return
-        mode, value = self._param.mode, values[:, 0]
-        # As ActionDelay: the term applied to the nominal delay (0 in make_env), rounded half
-        # to even (np.rint rounds as Python's round does).
-        delay = np.rint(value if mode == "abs" else 0.0 * value if mode == "scale" else 0.0 + value).astype(np.intp)
-        if np.array_equal(delay, self.delay[ids]):
-            return  # whole steps: a new value often gives the same delay
+        mode = self._param.mode
+        # As ActionDelay: the term applied to the nominal delay (0 in make_env), on Python
+        # floats, rounded half to even; a handful of worlds, so no numpy calls until a delay
+        # changes (whole steps: a new value often gives the same delay).
+        delay = [round(v if mode == "abs" else 0.0 * v if mode == "scale" else 0.0 + v) for v in values[:, 0].tolist()]
+        if delay == self.delay[ids].tolist():
+            return
         self.delay[ids] = delay
         self._delayed = np.flatnonzero(self.delay)
         self._all_delayed = self._delayed.size == len(self.delay)
