@@ -370,7 +370,9 @@ the same trajectories, see the episode counts): the batched env reproduces the G
 workers exactly.
 
 Wall-clock ratios answer "how much faster on this machine"; on a machine this busy they
-swing from round to round. Per-CPU-second ratios count the work each contender does per env
+swing from round to round and from run to run, SubprocVecEnv's most (its 64 processes compete
+with the other jobs for the two cores), so a change in them between two runs at different
+loads says little. Per-CPU-second ratios count the work each contender does per env
 step (all of this process's threads; for SubprocVecEnv its worker processes too), which the
 other jobs disturb much less: the bare-physics and randomization goals are judged on them,
 the SubprocVecEnv goal (parallel throughput) on wall time.

@@ -205,7 +205,7 @@ per-round ratios.
 Hopper-v5 with the spec's training box re-sampled at every reset, {s['n_envs']} envs, both
 behind `VecNormalize`; `n_steps` {s['n_steps']} ({s['n_envs'] * s['n_steps']:,} env steps per rollout),
 `batch_size` {s['batch_size']}, `n_epochs` {s['n_epochs']}, SB3's defaults for the rest; seed {s['seed']};
-{s['rounds']} counted rounds of {s['rollouts_per_round']} rollouts each after a one-rollout warm-up;
+{s['rounds']} counted rounds of {s['rollouts_per_round']} rollout(s) each after a one-rollout warm-up;
 torch on {s['torch_threads']} thread(s).
 Steps/s are env steps over the wall time of `learn` (collection and update).
 
@@ -217,9 +217,13 @@ Steps/s are env steps over the wall time of `learn` (collection and update).
 |---|---|---|---|
 {ratios}
 
-CPU-seconds count this process's threads and, for SubprocVecEnv, its worker processes.
-The recurrent agent does more work per step than the MLP (an LSTM over each sequence in the
-update, a recurrent state carried in collection); the batched env is what pays for it.
+CPU-seconds count this process's threads and, for SubprocVecEnv, its worker processes:
+steps per CPU-second is the work per step, which other jobs disturb least. The recurrent agent
+does more work per step than the MLP (an LSTM over each sequence in the update, a recurrent
+state carried in collection); the batched env is what pays for it. A batch step with two
+simulation threads ends when both have finished theirs; on 2 cores that other jobs keep busy
+the second thread often waits for a core, which is why the 2-thread contender's rounds swing
+more than the 1-thread one's.
 """
 
 
