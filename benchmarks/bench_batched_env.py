@@ -105,15 +105,15 @@ def run_chunk(name: str, env, actions: np.ndarray, recorder: list | None) -> tup
 
 class CodeTimer:
     """Adds up the main thread's CPU time inside the randomization code of a batched env:
-    sampling (each world's draw and the values it reports), writing the vectors into the
-    worlds (model fields, mj_setConst, sensor and delay settings), and the per-step sensor
-    noise and action delay."""
+    sampling (the resetting worlds' draws and the values they report), writing the vectors
+    into the worlds (model fields, mj_setConst, sensor and delay settings), and the per-step
+    sensor noise and action delay."""
 
     def __init__(self, venv: BatchedVecEnv) -> None:
         self.seconds = 0.0
         rnd = venv.randomization
-        for owner, name in [(rnd, "apply"), (rnd.noise, "observe"), (rnd.delay, "act"), (rnd.delay, "start_episode"),
-                            *[(sampler, m) for sampler in rnd.samplers for m in ("draw", "params", "sample")]]:
+        for owner, name in [(rnd, "draw"), (rnd, "apply"), (rnd.noise, "observe"), (rnd.delay, "act"),
+                            (rnd.delay, "start_episode")]:
             setattr(owner, name, self._timed(getattr(owner, name)))
 
     def _timed(self, fn):
@@ -270,6 +270,12 @@ def main() -> None:
         "randomization_code_share": share,
         "goals": GOALS,
     }
+    previous = args.out / "batched_env.json"
+    if previous.exists():  # the last recorded run's ratios, shown next to the new ones
+        old = json.loads(previous.read_text())
+        result["previous"] = {"ratios": old["ratios"], "ratios_cpu": old["ratios_cpu"],
+                              "randomization_code_share": old["randomization_code_share"]["share"],
+                              "load_average_before": old["load_average_before"]}
     if args.no_write:
         return
     args.out.mkdir(parents=True, exist_ok=True)
@@ -301,6 +307,24 @@ def report(res: dict) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
+    before = res.get("previous")
+
+    def prev(key: str, unit: str) -> str:
+        if not before:
+            return "-"
+        show = (lambda x: f"{x:.1%}") if unit == "%" else (lambda x: f"{x:.2f}x")
+        wall, cpu = before["ratios"].get(key), before["ratios_cpu"].get(key)
+        return " / ".join(show(x) if x is not None else "-" for x in (wall, cpu))
+
+    def previous_note() -> str:
+        if not before:
+            return ""
+        load = ", ".join(f"{x:.1f}" for x in before["load_average_before"])
+        return f"The last column is the run recorded before this one (load average {load} before it).\n\n"
+
+    def prev_share() -> str:
+        return f"{before['randomization_code_share']:.1%}" if before else "-"
+
     load = ", ".join(f"{x:.1f}" for x in res["load_average_before"])
     return f"""# Batched env throughput: Hopper-v5, {res['n_envs']} envs, full randomization
 
@@ -320,24 +344,25 @@ Steps/s are wall-clock env steps (VecEnv steps x {res['n_envs']}).
 |---|---|---|---|---|
 {rows}
 
-| ratio (median of per-round ratios) | wall | per CPU-second | goal |
-|---|---|---|---|
-| batched 2 threads / SubprocVecEnv | {r['batched_2_over_subproc']:.2f}x | | >= {g['batched_2_over_subproc']}x (wall): {verdict(r['batched_2_over_subproc'] >= g['batched_2_over_subproc'])} |
-| batched 1 thread / SubprocVecEnv | {r['batched_1_over_subproc']:.2f}x | {c['batched_1_over_subproc']:.2f}x | |
-| batched 2 threads / DummyVecEnv | {r['batched_2_over_dummy']:.2f}x | | |
-| batched 1 thread / DummyVecEnv | {r['batched_1_over_dummy']:.2f}x | {c['batched_1_over_dummy']:.2f}x | |
-| batched / bare physics, 1 thread | {r['batched_1_over_bare_1']:.1%} | {c['batched_1_over_bare_1']:.1%} | >= {g['batched_over_bare']:.0%}: {verdict(c['batched_1_over_bare_1'] >= g['batched_over_bare'])} (CPU) |
-| batched / bare physics, 2 threads | {r['batched_2_over_bare_2']:.1%} | {c['batched_2_over_bare_2']:.1%} | >= {g['batched_over_bare']:.0%}: {verdict(c['batched_2_over_bare_2'] >= g['batched_over_bare'])} (CPU) |
-| randomization's cost, 1 thread | {r['randomization_cost_1']:.1%} | {c['randomization_cost_1']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['randomization_cost_1'] <= g['randomization_cost'])} (CPU) |
-| randomization's cost, 2 threads | {r['randomization_cost_2']:.1%} | {c['randomization_cost_2']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['randomization_cost_2'] <= g['randomization_cost'])} (CPU) |
-| randomization code's share of the batched env's CPU time, 1 thread | | {res['randomization_code_share']['share']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(res['randomization_code_share']['share'] <= g['randomization_cost'])} |
+| ratio (median of per-round ratios) | wall | per CPU-second | goal | previous run (wall / CPU) |
+|---|---|---|---|---|
+| batched 2 threads / SubprocVecEnv | {r['batched_2_over_subproc']:.2f}x | | >= {g['batched_2_over_subproc']}x (wall): {verdict(r['batched_2_over_subproc'] >= g['batched_2_over_subproc'])} | {prev('batched_2_over_subproc', 'x')} |
+| batched 1 thread / SubprocVecEnv | {r['batched_1_over_subproc']:.2f}x | {c['batched_1_over_subproc']:.2f}x | | {prev('batched_1_over_subproc', 'x')} |
+| batched 2 threads / DummyVecEnv | {r['batched_2_over_dummy']:.2f}x | | | {prev('batched_2_over_dummy', 'x')} |
+| batched 1 thread / DummyVecEnv | {r['batched_1_over_dummy']:.2f}x | {c['batched_1_over_dummy']:.2f}x | | {prev('batched_1_over_dummy', 'x')} |
+| batched / bare physics, 1 thread | {r['batched_1_over_bare_1']:.1%} | {c['batched_1_over_bare_1']:.1%} | >= {g['batched_over_bare']:.0%}: {verdict(c['batched_1_over_bare_1'] >= g['batched_over_bare'])} (CPU) | {prev('batched_1_over_bare_1', '%')} |
+| batched / bare physics, 2 threads | {r['batched_2_over_bare_2']:.1%} | {c['batched_2_over_bare_2']:.1%} | >= {g['batched_over_bare']:.0%}: {verdict(c['batched_2_over_bare_2'] >= g['batched_over_bare'])} (CPU) | {prev('batched_2_over_bare_2', '%')} |
+| randomization's cost, 1 thread | {r['randomization_cost_1']:.1%} | {c['randomization_cost_1']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['randomization_cost_1'] <= g['randomization_cost'])} (CPU) | {prev('randomization_cost_1', '%')} |
+| randomization's cost, 2 threads | {r['randomization_cost_2']:.1%} | {c['randomization_cost_2']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['randomization_cost_2'] <= g['randomization_cost'])} (CPU) | {prev('randomization_cost_2', '%')} |
+| randomization code's share of the batched env's CPU time, 1 thread | | {res['randomization_code_share']['share']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(res['randomization_code_share']['share'] <= g['randomization_cost'])} | {prev_share()} |
 
-Two measures of the randomization's cost. End to end (randomized / not randomized) also
+{previous_note()}Two measures of the randomization's cost. End to end (randomized / not randomized) also
 counts what randomization does to the physics itself: heavier or lighter links, other
 friction and gains change the solver's work per step and how soon episodes end, so it is
 not the cost of the machinery alone. The code share times the randomization code directly
-(the main thread's CPU time inside each world's draw, the writes into the worlds' model
-fields with `mj_setConst`, the sensor and delay settings, and the per-step noise and delay)
+(the main thread's CPU time inside the resetting worlds' draws and the values they report,
+the writes into the worlds' model fields with `mj_setConst`, the sensor and delay settings,
+and the per-step noise and delay)
 over a separate {res['randomization_code_share']['steps']:,}-step run of the 1-thread batched env.
 
 The batched env, DummyVecEnv and SubprocVecEnv ran the same episodes (the same seeds give
@@ -345,7 +370,9 @@ the same trajectories, see the episode counts): the batched env reproduces the G
 workers exactly.
 
 Wall-clock ratios answer "how much faster on this machine"; on a machine this busy they
-swing from round to round. Per-CPU-second ratios count the work each contender does per env
+swing from round to round and from run to run, SubprocVecEnv's most (its 64 processes compete
+with the other jobs for the two cores), so a change in them between two runs at different
+loads says little. Per-CPU-second ratios count the work each contender does per env
 step (all of this process's threads; for SubprocVecEnv its worker processes too), which the
 other jobs disturb much less: the bare-physics and randomization goals are judged on them,
 the SubprocVecEnv goal (parallel throughput) on wall time.

@@ -61,6 +61,19 @@ class Distribution:
         """``n`` samples, shape (n, n_params) (for batched backends and strategies)."""
         return np.stack([self.sample(rng) for _ in range(int(n))]) if n else np.zeros((0, len(self.names)))
 
+    def sample_tagged_many(self, rngs: Sequence[np.random.Generator]) -> tuple[np.ndarray, list[Any]]:
+        """One tagged sample from each generator: row ``j`` and tag ``j`` are exactly what
+        ``sample_tagged(rngs[j])`` gives (a batched env's worlds each draw from their own
+        stream, as Gymnasium workers do, in one call).
+
+        Returns:
+            The samples, shape (len(rngs), n_params), and one tag per sample.
+        """
+        pairs = [self.sample_tagged(rng) for rng in rngs]
+        if not pairs:
+            return np.zeros((0, len(self.names))), []
+        return np.stack([x for x, _ in pairs]), [tag for _, tag in pairs]
+
     def support(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest value any sample can take per parameter, shapes (n_params,).
 
@@ -120,6 +133,8 @@ class BoxDistribution(Distribution):
         # is built in place from one generator call.
         self._all_flat = self._flat_at.size == len(params) and len(params) > 0
         self._log_at = np.flatnonzero(log)
+        if self._log_at.size and self._log_at[-1] - self._log_at[0] + 1 == self._log_at.size:
+            self._log_at = slice(int(self._log_at[0]), int(self._log_at[-1]) + 1)  # a view: no gather
 
     def __getstate__(self) -> dict[str, Any]:
         return {"space": self.space}  # small on the wire to every worker; rebuilt there
@@ -133,7 +148,10 @@ class BoxDistribution(Distribution):
 
     def _draw_flat(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         """The uniform and loguniform dimensions, shape (*shape, n_flat), built in place."""
-        x = rng.random((*shape, self._flat_at.size))
+        return self._scale_flat(rng.random((*shape, self._flat_at.size)))
+
+    def _scale_flat(self, x: np.ndarray) -> np.ndarray:
+        """Uniform [0, 1) draws, shape (..., n_flat), turned into the marginals in place."""
         x *= self._width
         x += self._lo
         if self._any_log:
@@ -149,6 +167,19 @@ class BoxDistribution(Distribution):
         for i, p in self._normals:
             out[i] = _truncated_normal(rng, p)
         return out
+
+    def sample_tagged_many(self, rngs: Sequence[np.random.Generator]) -> tuple[np.ndarray, list[Any]]:
+        # The plain box, every dimension uniform or loguniform (the usual training box): one
+        # generator call per stream into a row, then one transformation of all rows, the
+        # same IEEE operations element by element as each row's own sample(). Subclasses
+        # that tag or draw otherwise, and truncated normals, take the row-by-row path.
+        cls = type(self)
+        if not self._all_flat or cls.sample is not BoxDistribution.sample or cls.sample_tagged is not Distribution.sample_tagged:
+            return super().sample_tagged_many(rngs)
+        x = np.empty((len(rngs), self._flat_at.size))
+        for row, rng in zip(x, rngs):
+            rng.random(out=row)
+        return self._scale_flat(x), [None] * len(rngs)
 
     def sample_batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
         n = int(n)
@@ -206,6 +237,9 @@ class Fixed(Distribution):
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         return self._vector.copy()
+
+    def sample_tagged_many(self, rngs: Sequence[np.random.Generator]) -> tuple[np.ndarray, list[Any]]:
+        return np.tile(self._vector, (len(rngs), 1)), [None] * len(rngs)
 
     def support(self) -> tuple[np.ndarray, np.ndarray]:
         return self._vector.copy(), self._vector.copy()

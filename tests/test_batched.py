@@ -158,6 +158,27 @@ def test_per_world_parameters_land_in_their_world_only_and_never_compound():
     np.testing.assert_array_equal(model.body_mass, nominal_mass)
 
 
+def test_only_changed_values_are_rewritten_and_set_const_follows_only_its_fields():
+    venv = BatchedVecEnv("hopper", 3, seed=0)
+    calls = []
+    set_const = venv.backend.set_const
+    venv.backend.set_const = lambda ids: (calls.append(np.asarray(ids).tolist()), set_const(ids))
+    venv.env_method("pin", {"torso_mass": 1.3, "friction": 0.5})
+    venv.reset()
+    assert calls == [[0, 1, 2]]  # the first write of every world
+    venv.env_method("pin", {"torso_mass": 1.3, "friction": 0.9}, indices=[1])  # friction: no derived constants
+    venv.env_method("pin", {"torso_mass": 0.8, "friction": 0.5}, indices=[2])
+    calls.clear()
+    venv.reset()
+    assert calls == [[2]]
+    friction = venv.backend.model_field("geom_friction")[:, :, 0]
+    nominal = venv.backend.model.geom_friction[:, 0]
+    np.testing.assert_array_equal(friction, np.stack([nominal * 0.5, nominal * 0.9, nominal * 0.5]))
+    torso = venv.backend.model.body("torso").id
+    assert venv.backend.model_field("body_mass")[:, torso].tolist() == [
+        venv.backend.model.body_mass[torso] * x for x in (1.3, 1.3, 0.8)]
+
+
 def test_same_seed_gives_the_same_batch_trajectory_at_any_thread_count():
     runs = []
     for threads in (1, 2, 3):

@@ -1,5 +1,7 @@
 """The joint sample: one vector per env and episode, sliced to every layer; sampler state."""
 
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -140,6 +142,32 @@ def test_sample_batch_matches_the_box_and_its_shape():
     # Without truncated normals, a batch is the same stream as one sample after another.
     one_by_one = np.stack([DIST.sample(r) for r in [np.random.default_rng(3)] for _ in range(5)])
     assert np.array_equal(DIST.sample_batch(np.random.default_rng(3), 5), one_by_one)
+
+
+def test_draw_many_gives_every_sampler_what_its_own_draw_would():
+    from rlsim2real.distributions import Fixed
+    from rlsim2real.wrappers.randomizer import Randomizer
+
+    adr = AdrDistribution(DIST.space, adapted=[0, 1], boundary_prob=0.5)
+    loguniform = BoxDistribution(ParamSpace([replace(SPEC.all_params["pole_mass"].with_range(0.5, 2.0), dist="loguniform"),
+                                             SPEC.all_params["obs_bias"].with_range(-0.1, 0.1)]))
+
+    def samplers():
+        out = [rs.make_env(SPEC, seed=s, distribution=DIST).get_wrapper_attr("randomizer") for s in range(8)]
+        out[1].set_distribution(adr)
+        out[2].pin({"pole_mass": 1.5})
+        out[3].set_distribution(Fixed({"obs_bias": 0.05}))
+        out[4].set_distribution(loguniform)  # a subset of the space, in another order
+        out[6].set_distribution(adr)
+        return out
+
+    alone, together = samplers(), samplers()
+    for _ in range(3):
+        one_by_one = [s.draw() for s in alone]
+        batch = Randomizer.draw_many(together)
+        assert np.array_equal(batch, np.stack(one_by_one))
+        assert [s.tag for s in alone] == [s.tag for s in together]
+        assert [s.params() for s in alone] == [s.params() for s in together]
 
 
 def test_resampling_within_an_episode_redraws_the_vector_and_keeps_actions_in_flight():

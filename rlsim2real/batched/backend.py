@@ -103,7 +103,9 @@ class MujocoBatchBackend(SimBackend):
         self._qvel = self.batch.bind("qvel")
         self._ctrl = self.batch.bind("ctrl")
         # Warning counters: (n_worlds, mjNWARNING, [lastinfo, number]).
-        self._bad = np.array([int(w) for w in UNSTABLE_WARNINGS], dtype=np.intp)
+        bad = sorted(int(w) for w in UNSTABLE_WARNINGS)
+        # Consecutive in mjtWarning: a view of the counters rather than a gather.
+        self._bad = slice(bad[0], bad[-1] + 1) if bad == list(range(bad[0], bad[-1] + 1)) else np.array(bad, dtype=np.intp)
         self._counts = self._warning_numbers()
         self.batch.reset([0])
         self._reset_row = self.batch.state[0].copy()
@@ -142,11 +144,21 @@ class MujocoBatchBackend(SimBackend):
         return values
 
     def set_const(self, ids: np.ndarray) -> None:
-        self.batch.set_const(np.asarray(ids, dtype=np.int32))
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        raw = getattr(self.batch, "_b", None)
+        if raw is None:
+            self.batch.set_const(ids)
+            return
+        # Batch.set_const validates its ids with a dozen numpy calls at every reset; the
+        # VecEnv's are sorted, unique and in range already, so the binding is called
+        # directly, and a failure is reported as Batch reports it.
+        nfail = raw.set_const(ids)
+        if nfail:
+            self.batch._check(ids, nfail)
 
     def unstable_since_last_call(self) -> np.ndarray:
         counts = self._warning_numbers()
-        moved = (counts != self._counts).any(axis=1)
+        moved = np.logical_or.reduce(counts != self._counts, axis=1)
         self._counts = counts
         return moved
 

@@ -25,7 +25,7 @@ import numpy as np
 from rlsim2real.batched.backend import SimBackend
 from rlsim2real.mjfields import FIELDS, bind, field_array
 from rlsim2real.params import ParamSpace
-from rlsim2real.wrappers.randomizer import Randomizer
+from rlsim2real.wrappers.randomizer import EpisodeSample, Randomizer
 from rlsim2real.wrappers.sensors import NOISE_BLOCK, OBS_FIELDS, ObservationNoise, _obs_indices
 
 
@@ -109,22 +109,38 @@ class BatchedDynamics:
         self._gathered_nominal = np.concatenate([self._nominal[f] for f in gathered]) if gathered else np.zeros(0)
         self._termwise = [f for f, terms in self._terms.items() if terms and f not in self._spans]
         self._set_const = any(FIELDS[b.field].set_const for b in bound)
+        # The terms whose fields mj_setConst reads: only their changes call for it.
+        self.const_at = np.array([k for k, b in enumerate(bound) if FIELDS[b.field].set_const], dtype=np.intp)
+        self._ones = np.ones((backend.n_worlds, 1))
         if "body_mass" in fields:
             mass = self._nominal["body_mass"]
             self._mass_positive = mass > 0
             self._mass_divisor = np.where(self._mass_positive, mass, 1.0)
-            self._inertia_shape = np.shape(model.body_inertia)
+            self._inertia_has_terms = bool(self._terms["body_inertia"])
+            self._nominal_inertia = self._nominal["body_inertia"].reshape(np.shape(model.body_inertia))
+            self._inertia = backend.model_field("body_inertia")  # (n_worlds, nbody, 3)
 
-    def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
-        """Worlds ``ids`` (shape (k,)) take the term values ``values`` (shape (k, n_terms))."""
+    def apply(self, ids: np.ndarray, values: np.ndarray, const_ids: np.ndarray | None = None) -> None:
+        """Worlds ``ids`` (shape (k,)) take the term values ``values`` (shape (k, n_terms)).
+
+        Args:
+            ids: The worlds.
+            values: Their term values.
+            const_ids: The worlds whose derived constants must be recomputed (``None``: all
+                of ``ids`` where a field needs ``mj_setConst``); :class:`BatchedRandomization`
+                passes the worlds where a term on such a field took a new value.
+        """
         if not self._terms or not len(ids):
             return
-        rebuilt = {}
+        live = self._live
+        mass = None
         if self._spans:
-            factors = np.concatenate((values, np.ones((len(ids), 1))), axis=1)
-            flat = self._gathered_nominal * factors[:, self._owner]
+            factors = np.concatenate((values, self._ones[: len(ids)]), axis=1)
+            flat = self._gathered_nominal * factors.take(self._owner, axis=1)
             for f, span in self._spans.items():
-                rebuilt[f] = flat[:, span]
+                live[f][ids] = out = flat[:, span]
+                if f == "body_mass":
+                    mass = out
         for f in self._termwise:
             out = np.repeat(self._nominal[f][None, :], len(ids), axis=0)
             for k, mode, index, nominal in self._terms[f]:
@@ -135,17 +151,19 @@ class BatchedDynamics:
                     out[:, index] = nominal + column
                 else:
                     out[:, index] = column
-            rebuilt[f] = out
-        if "body_mass" in rebuilt:
-            ratio = np.ones_like(rebuilt["body_mass"])  # 1 for bodies without a positive mass
-            np.divide(rebuilt["body_mass"], self._mass_divisor, out=ratio, where=self._mass_positive)
-            inertia = rebuilt.get("body_inertia", self._nominal["body_inertia"][None, :])  # terms of its own first
-            inertia = inertia.reshape(-1, *self._inertia_shape) * ratio[:, :, None]
-            rebuilt["body_inertia"] = inertia.reshape(len(ids), -1)
-        for f, out in rebuilt.items():
-            self._live[f][ids] = out
+            live[f][ids] = out
+            if f == "body_mass":
+                mass = out
+        if mass is not None:
+            ratio = np.ones_like(mass)  # 1 for bodies without a positive mass
+            np.divide(mass, self._mass_divisor, out=ratio, where=self._mass_positive)
+            # Terms of its own first (already written), then the mass ratio.
+            inertia = self._inertia[ids] if self._inertia_has_terms else self._nominal_inertia
+            self._inertia[ids] = inertia * ratio[:, :, None]
         if self._set_const:
-            self.backend.set_const(ids)
+            const_ids = ids if const_ids is None else const_ids
+            if len(const_ids):
+                self.backend.set_const(const_ids)
 
 
 class BatchedObservationNoise:
@@ -162,64 +180,109 @@ class BatchedObservationNoise:
         self._nominal = {f: np.full(obs_dim, v) for f, v in nominal.items()}
         self._terms = [(k, p.mode, p.parsed.field, _obs_indices(p.parsed.element, obs_dim, f"param {p.name!r}"))
                        for k, p in enumerate(space)]
-        self.current = {f: np.tile(v, (n_worlds, 1)) for f, v in self._nominal.items()}
+        # std, bias and scale of every world, one array (3, n_worlds, obs_dim) so that a
+        # reset writes (and an observation of a few worlds reads) all three at once.
+        self._current = np.stack([np.tile(self._nominal[f], (n_worlds, 1)) for f in OBS_FIELDS])
+        self.current = {f: self._current[i] for i, f in enumerate(OBS_FIELDS)}
         # Per field, its terms in order (fields without terms stay nominal).
-        self._plans = [(field, [(k, mode, idx) for k, mode, f, idx in self._terms if f == field]) for field in OBS_FIELDS]
-        self._plans = [(field, terms) for field, terms in self._plans if terms]
+        self._plans = [(i, field, [(k, mode, idx) for k, mode, f, idx in self._terms if f == field])
+                       for i, field in enumerate(OBS_FIELDS)]
+        self._plans = [(i, field, terms) for i, field, terms in self._plans if terms]
+        # The usual case: each field with terms has one, over every element (``obs.bias[*]``)
+        # of a uniform nominal vector, so a world's field is one number broadcast.
+        self._uniform = all(len(terms) == 1 and len(terms[0][2]) == obs_dim for _, _, terms in self._plans)
+        self._nominal_list = [nominal[f] for f in OBS_FIELDS]
+        self._uniform_plan = [(i, terms[0][0], terms[0][1]) for i, _, terms in self._plans] if self._uniform else []
         self._noisy = np.zeros(n_worlds, dtype=bool)
         self._identity = np.ones(n_worlds, dtype=bool)
         self._all_identity = True
         self._all_noisy = False
-        self._worlds = np.arange(n_worlds)
         self._z = np.zeros((n_worlds, NOISE_BLOCK, obs_dim))
+        self._z_rows = self._z.reshape(n_worlds * NOISE_BLOCK, obs_dim)  # a view: row w * NOISE_BLOCK + r
+        self._first_row = np.arange(n_worlds) * NOISE_BLOCK
         self._row = np.full(n_worlds, NOISE_BLOCK, dtype=np.intp)
         self._rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(n_worlds)]
 
     def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
         if not self._terms or not len(ids):
             return
-        for field, terms in self._plans:
-            nominal = self._nominal[field]
-            if len(terms) == 1 and len(terms[0][2]) == len(nominal):  # one term over every element
-                k, mode, _ = terms[0]
-                column = values[:, k : k + 1]
-                self.current[field][ids] = nominal * column if mode == "scale" else nominal + column if mode == "add" else column
-                continue
-            out = np.repeat(nominal[None, :], len(ids), axis=0)
-            for k, mode, idx in terms:
-                column = values[:, k : k + 1]
-                part = nominal[idx]
-                out[:, idx] = part * column if mode == "scale" else part + column if mode == "add" else column
-            self.current[field][ids] = out
-        std, bias, scale = (self.current[f][ids] for f in OBS_FIELDS)
-        self._noisy[ids] = (std != 0).any(axis=1)
-        self._identity[ids] = ~self._noisy[ids] & ~(bias != 0).any(axis=1) & ~(scale != 1).any(axis=1)
+        if self._uniform:
+            # As ObservationNoise's uniform fields: the mode's operation on the nominal number,
+            # on Python floats (the same IEEE operation), a handful per world.
+            numbers, noisy, identity = [], [], []
+            for row in values.tolist():
+                world = list(self._nominal_list)  # std, bias, scale
+                for i, k, mode in self._uniform_plan:
+                    c = world[i]
+                    world[i] = c * row[k] if mode == "scale" else c + row[k] if mode == "add" else row[k]
+                std, bias, scale = world
+                numbers.append(world)
+                noisy.append(std != 0)
+                identity.append(std == 0 and bias == 0 and scale == 1)
+            self._current[:, ids] = np.array(numbers).T[:, :, None]
+        else:
+            fields = np.empty((len(OBS_FIELDS), len(ids), self._z.shape[2]))  # (3, k, obs_dim)
+            for i, field in enumerate(OBS_FIELDS):
+                fields[i] = self._nominal[field]
+            for i, field, terms in self._plans:
+                for k, mode, idx in terms:
+                    column = values[:, k : k + 1]
+                    part = self._nominal[field][idx]
+                    fields[i][:, idx] = part * column if mode == "scale" else part + column if mode == "add" else column
+            self._current[:, ids] = fields
+            noisy = (fields[0] != 0).any(axis=1)
+            identity = ~noisy & ~(fields[1] != 0).any(axis=1) & ~(fields[2] != 1).any(axis=1)
+        self._noisy[ids] = noisy
+        self._identity[ids] = identity
         self._all_identity = bool(self._identity.all())
         self._all_noisy = bool(self._noisy.all())
 
     def observe(self, obs: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
         """Corrupted observations of worlds ``ids`` (all: ``None``), shape as ``obs``."""
-        if self._all_identity or (ids is not None and self._identity[ids].all()):
+        if self._all_identity:
             return obs
-        sel = slice(None) if ids is None else ids
-        std, bias, scale = (self.current[f][sel] for f in OBS_FIELDS)
-        out = obs * scale
-        if ids is None and self._all_noisy:  # the common case, without masks
-            rows = self._row
-            if rows.max() == NOISE_BLOCK:
-                self._refill(np.flatnonzero(rows == NOISE_BLOCK))
-            z = self._z[self._worlds, rows]
-            rows += 1
+        if ids is None:
+            std, bias, scale = self._current
+            if self._all_noisy:  # the common case, without masks
+                rows = self._row
+                if rows.max() == NOISE_BLOCK:
+                    self._refill(np.flatnonzero(rows == NOISE_BLOCK))
+                z = self._z_rows.take(self._first_row + rows, axis=0)
+                rows += 1
+                out = obs * scale
+                out += z * std + bias
+                return out
+            worlds = np.flatnonzero(self._noisy)
+            noisy = self._noisy
+        elif self._all_noisy:
+            std, bias, scale = self._current[:, ids]
+            noisy, worlds = None, ids
         else:
-            noisy = self._noisy[sel]
+            identity = self._identity[ids]
+            if identity.all():
+                return obs
+            std, bias, scale = self._current[:, ids]
+            noisy = self._noisy[ids]
+            worlds = ids[noisy]
+        out = obs * scale
+        if worlds.size == len(obs):  # every world noisy
+            z = self._draw_rows(worlds)
+        else:
             z = np.zeros_like(obs)
-            if noisy.any():
-                worlds = np.flatnonzero(noisy) if ids is None else np.asarray(ids)[noisy]
-                self._refill(worlds[self._row[worlds] == NOISE_BLOCK])
-                z[noisy] = self._z[worlds, self._row[worlds]]
-                self._row[worlds] += 1
+            if worlds.size:
+                z[noisy] = self._draw_rows(worlds)
         out += z * std + bias
         return out
+
+    def _draw_rows(self, worlds: np.ndarray) -> np.ndarray:
+        """The next row of standard normals of each of ``worlds``, shape (k, obs_dim)."""
+        rows = self._row[worlds]
+        empty = rows == NOISE_BLOCK
+        if empty.any():
+            self._refill(worlds[empty])
+            rows = self._row[worlds]
+        self._row[worlds] = rows + 1
+        return self._z_rows.take(self._first_row[worlds] + rows, axis=0)
 
     def _refill(self, worlds: np.ndarray) -> None:
         for w in worlds.tolist():
@@ -257,21 +320,29 @@ class BatchedActionDelay:
         self._queue = np.zeros((n_worlds, 0, len(neutral)), dtype=neutral.dtype)
         self._head = np.zeros(n_worlds, dtype=np.intp)
         self._delayed = np.zeros(0, dtype=np.intp)
+        self._all_delayed = False
+        self._first_slot = np.zeros(n_worlds, dtype=np.intp)  # world w's queue starts at w * longest
 
     def apply(self, ids: np.ndarray, values: np.ndarray) -> None:
         """Set the delays of worlds ``ids`` from their term values, shape (k, 0 or 1)."""
         if self._param is None or not len(ids):
             return
-        mode, value = self._param.mode, values[:, 0]
-        # As ActionDelay: the term applied to the nominal delay (0 in make_env), rounded half
-        # to even (np.rint rounds as Python's round does).
-        self.delay[ids] = np.rint(value if mode == "abs" else 0.0 * value if mode == "scale" else 0.0 + value)
+        mode = self._param.mode
+        # As ActionDelay: the term applied to the nominal delay (0 in make_env), on Python
+        # floats, rounded half to even; a handful of worlds, so no numpy calls until a delay
+        # changes (whole steps: a new value often gives the same delay).
+        delay = [round(v if mode == "abs" else 0.0 * v if mode == "scale" else 0.0 + v) for v in values[:, 0].tolist()]
+        if delay == self.delay[ids].tolist():
+            return
+        self.delay[ids] = delay
         self._delayed = np.flatnonzero(self.delay)
+        self._all_delayed = self._delayed.size == len(self.delay)
         longest = int(self.delay.max())
         if longest > self._queue.shape[1]:
             grown = np.zeros((len(self.delay), longest, self._queue.shape[2]), dtype=self._queue.dtype)
             grown[:, : self._queue.shape[1]] = self._queue
             self._queue = grown
+            self._first_slot = np.arange(len(self.delay)) * longest
 
     def start_episode(self, ids: np.ndarray) -> None:
         """Worlds ``ids`` start with their queues full of neutral actions."""
@@ -284,6 +355,14 @@ class BatchedActionDelay:
         delayed = self._delayed
         if not delayed.size:
             return actions
+        if self._all_delayed:  # the usual case under a delay term: no masks
+            slots = self._queue.reshape(-1, self._queue.shape[2])  # a view: slot w * longest + head
+            at = self._first_slot + self._head
+            out = slots.take(at, axis=0)
+            slots[at] = actions
+            self._head += 1
+            np.remainder(self._head, self.delay, out=self._head)
+            return out
         out = actions.astype(self._queue.dtype, copy=True)
         head = self._head[delayed]
         out[delayed] = self._queue[delayed, head]
@@ -315,12 +394,24 @@ class BatchedRandomization:
         self.space = space
         self.vectors = np.tile(template.nominal, (n, 1))
         kinds = [p.parsed.kind for p in space]
-        # The Gymnasium stack orders the joint vector dynamics, action, obs (make_env's layers).
-        self._columns = {kind: np.array([k for k, x in enumerate(kinds) if x == kind], dtype=np.intp)
-                         for kind in ("model", "action", "obs")}
+        # The Gymnasium stack orders the joint vector dynamics, action, obs (make_env's
+        # layers), so each applier's columns are one block of it.
+        blocks = {}
+        for kind in ("model", "action", "obs"):
+            at = [k for k, x in enumerate(kinds) if x == kind]
+            blocks[kind] = slice(at[0], at[-1] + 1) if at else slice(0, 0)
+            if at and at != list(range(blocks[kind].start, blocks[kind].stop)):
+                raise ValueError(f"the {kind} terms are not one block of the joint vector: {at}")
         self.dynamics = BatchedDynamics(backend, space.select("model"))
         self.delay = BatchedActionDelay(n, neutral_action, space.select("action"))
         self.noise = BatchedObservationNoise(n, obs_dim, space.select("obs"))
+        self._appliers = [(applier, blocks[kind]) for applier, kind in
+                          ((self.dynamics, "model"), (self.delay, "action"), (self.noise, "obs")) if blocks[kind].stop]
+        self._const_columns = [blocks["model"].start + int(k) for k in self.dynamics.const_at]
+        # What each world's model, sensors and delay hold, as a list (None: nothing written
+        # yet, so the first vector is written whatever it is, as a Gymnasium layer's first
+        # sample is).
+        self._applied: list[list[float] | None] = [None] * n
         self.samplers: list[Randomizer] = []
         for w in range(n):
             sampler = Randomizer()
@@ -329,9 +420,44 @@ class BatchedRandomization:
             layer._seed_streams(sampler.pending_seed)
             self.samplers.append(sampler)
 
+    def draw(self, ids: np.ndarray) -> tuple[list[EpisodeSample], list[dict[str, float]]]:
+        """The samplers of worlds ``ids`` draw their next vectors (each from its own stream,
+        as each would alone: :meth:`Randomizer.draw_many`).
+
+        Returns:
+            Per world, what its episode runs on (``dr_episode``) and the values by name
+            (``dr_params``).
+        """
+        samplers = [self.samplers[w] for w in ids.tolist()]
+        vectors = Randomizer.draw_many(samplers)  # each world's layer stores its row in self.vectors
+        names = self.space.names
+        return [s.sample() for s in samplers], [dict(zip(names, row)) for row in vectors.tolist()]
+
     def apply(self, ids: np.ndarray) -> None:
-        """Write the vectors the samplers of worlds ``ids`` drew last into those worlds."""
+        """Write the vectors the samplers of worlds ``ids`` drew last into those worlds.
+
+        As the Gymnasium layers do, each applier skips the worlds whose values for it did
+        not change since their last write (a pinned or nominal sensor stays as it is), and
+        ``mj_setConst`` runs only for worlds where a term on a field it reads changed.
+        """
         rows = self.vectors[ids]
-        self.dynamics.apply(ids, rows[:, self._columns["model"]])
-        self.delay.apply(ids, rows[:, self._columns["action"]])
-        self.noise.apply(ids, rows[:, self._columns["obs"]])
+        listed = rows.tolist()
+        worlds = ids.tolist()
+        applied = self._applied
+        # Changed values are found on lists (a handful of floats: cheaper than numpy).
+        previous = [applied[w] for w in worlds]
+        for w, row in zip(worlds, listed):
+            applied[w] = row
+        for applier, block in self._appliers:
+            moved = [j for j, (row, old) in enumerate(zip(listed, previous)) if old is None or row[block] != old[block]]
+            if not moved:
+                continue
+            everyone = len(moved) == len(worlds)
+            which = ids if everyone else ids[moved]
+            values = rows[:, block] if everyone else rows[moved, block]
+            if applier is self.dynamics:
+                const = [j for j in moved if previous[j] is None
+                         or any(listed[j][k] != previous[j][k] for k in self._const_columns)]
+                applier.apply(which, values, which if len(const) == len(moved) else ids[const])
+            else:
+                applier.apply(which, values)

@@ -45,10 +45,22 @@ class BatchedTask:
 
     def reset_state(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One world's initial ``(qpos, qvel)``, drawn as the env's ``reset_model`` does."""
+        qpos, qvel = self.reset_states([rng])
+        return qpos[0], qvel[0]
+
+    def reset_states(self, rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+        """Initial ``(qpos, qvel)`` of several worlds, shapes (k, nq) and (k, nv): row ``j``
+        drawn from ``rngs[j]`` as the env's ``reset_model`` draws (the noise row by row, the
+        additions, the same for every element, over all rows at once)."""
         low, high = -self.noise_scale, self.noise_scale
-        qpos = self.init_qpos + rng.uniform(low=low, high=high, size=self.nq)
-        qvel = self.init_qvel + rng.uniform(low=low, high=high, size=self.nv)
-        return qpos, qvel
+        # ``uniform(low, high, nq)`` then ``uniform(low, high, nv)`` is ``low + (high - low) * u``
+        # over the next nq + nv doubles of the stream: one call per world, the arithmetic once.
+        noise = np.empty((len(rngs), self.nq + self.nv))
+        for row, rng in zip(noise, rngs):
+            rng.random(out=row)
+        noise *= high - low
+        noise += low
+        return noise[:, : self.nq] + self.init_qpos, noise[:, self.nq :] + self.init_qvel
 
     def observe(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """Observations, shape (n, obs_dim), from states of shape (n, nq) and (n, nv)."""
@@ -87,7 +99,8 @@ class _Planar(BatchedTask):
             self.angle_range = env._healthy_angle_range
 
     def observe(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        velocity = np.clip(qvel, -10, 10) if self.clip_velocity else qvel
+        # np.clip is minimum(maximum(x, lo), hi) (NaN kept), called here without its wrappers.
+        velocity = np.minimum(np.maximum(qvel, -10.0), 10.0) if self.clip_velocity else qvel
         return np.concatenate((qpos[:, self.skip:], velocity), axis=1)
 
     def is_healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
@@ -99,7 +112,7 @@ class _Planar(BatchedTask):
         x_velocity = (qpos[:, 0] - x_before) / dt
         forward = self.forward_weight * x_velocity
         # Summed in the action's dtype, as the env's ``np.sum(np.square(action))`` is.
-        ctrl_cost = self.ctrl_weight * np.sum(np.square(action), axis=1)
+        ctrl_cost = self.ctrl_weight * np.add.reduce(np.square(action), axis=1)
         if not self.healthy:
             return TaskStep(self.observe(qpos, qvel), forward - ctrl_cost, np.zeros(len(qpos), dtype=bool))
         healthy = self.is_healthy(qpos, qvel)
@@ -116,7 +129,10 @@ class Hopper(_Planar):
     def is_healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         low, high = self.state_range
         state = np.concatenate((qpos[:, 2:], qvel), axis=1)  # state_vector()[2:]
-        in_range = ((low < state) & (state < high)).all(axis=1)
+        if low == -high:  # the default (-100, 100): low < x < high is |x| < high, NaN false in both
+            in_range = np.logical_and.reduce(np.abs(state) < high, axis=1)
+        else:
+            in_range = np.logical_and.reduce((low < state) & (state < high), axis=1)
         return in_range & super().is_healthy(qpos, qvel)
 
 
@@ -128,11 +144,18 @@ class HalfCheetah(_Planar):
     clip_velocity = False
     healthy = False
 
-    def reset_state(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def reset_states(self, rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
         low, high = -self.noise_scale, self.noise_scale
-        qpos = self.init_qpos + rng.uniform(low=low, high=high, size=self.nq)
-        qvel = self.init_qvel + self.noise_scale * rng.standard_normal(self.nv)
-        return qpos, qvel
+        noise_q, noise_v = np.empty((len(rngs), self.nq)), np.empty((len(rngs), self.nv))
+        for j, rng in enumerate(rngs):
+            rng.random(out=noise_q[j])  # uniform(low, high) is low + (high - low) * u
+            rng.standard_normal(out=noise_v[j])
+        noise_q *= high - low
+        noise_q += low
+        noise_q += self.init_qpos
+        noise_v *= self.noise_scale
+        noise_v += self.init_qvel
+        return noise_q, noise_v
 
 
 class InvertedPendulum(BatchedTask):

@@ -127,7 +127,10 @@ class BatchedVecEnv(VecEnv):
         raw, reward, terminated = self.task.step(x_before, backend.qpos, backend.qvel, applied, dt)
         # PhysicsGuard: a world that diverged ends truncated, with its last finite
         # observation and reward 0.
-        unstable = backend.unstable_since_last_call() | ~np.isfinite(raw).all(axis=1) | ~np.isfinite(reward)
+        finite = np.logical_and.reduce(np.isfinite(raw), axis=1)
+        finite &= np.isfinite(reward)
+        unstable = backend.unstable_since_last_call()
+        unstable |= ~finite
         if unstable.any():
             raw[unstable] = self._last_obs[unstable]
             reward[unstable] = 0.0
@@ -143,25 +146,30 @@ class BatchedVecEnv(VecEnv):
         done_ids = np.flatnonzero(dones)
         if done_ids.size:
             now = round(time.time() - self._t_start, 6)
-            for w in done_ids.tolist():
+            # Read once for the worlds that ended, as Python values.
+            ended = zip(done_ids.tolist(), obs[done_ids], (truncated & ~terminated)[done_ids].tolist(),
+                        self._returns[done_ids].tolist(), self._lengths[done_ids].tolist(), unstable[done_ids].tolist())
+            for w, terminal, time_limit, ret, length, diverged in ended:
                 info = infos[w]
-                info["TimeLimit.truncated"] = bool(truncated[w] and not terminated[w])
-                info["terminal_observation"] = obs[w].copy()
-                info["episode"] = {"r": round(float(self._returns[w]), 6), "l": int(self._lengths[w]), "t": now}
+                info["TimeLimit.truncated"] = time_limit
+                info["terminal_observation"] = terminal
+                info["episode"] = {"r": round(ret, 6), "l": length, "t": now}
                 info["dr_episode"] = self._episodes[w]
-                if unstable[w]:
-                    info["instability"] = f"diverging state (MuJoCo warning or non-finite values) at step {self._elapsed[w]}"
+                if diverged:
+                    info["instability"] = f"diverging state (MuJoCo warning or non-finite values) at step {length}"
             obs[done_ids] = self._reset_worlds(done_ids, [None] * done_ids.size)
         return obs, reward.astype(np.float32), dones, infos
 
     def _reset_worlds(self, ids: np.ndarray, seeds: Sequence[int | None]) -> np.ndarray:
         """Draw each world's parameters and initial state (as ``RandomizationWrapper.reset``
-        and ``MujocoEnv.reset`` do, in that order), apply them all, return the observations."""
+        and ``MujocoEnv.reset`` do, in that order), apply them all, return the observations.
+
+        Each world draws from its own streams; what is done once for all of them is the
+        drawing call (:meth:`BatchedRandomization.draw`), the arithmetic and the writes."""
         randomization, task = self.randomization, self.task
-        qpos = np.empty((len(ids), task.nq))
-        qvel = np.empty((len(ids), task.nv))
-        for j, (w, seed) in enumerate(zip(ids.tolist(), seeds)):
-            sampler = randomization.samplers[w]
+        worlds = ids.tolist()
+        samplers = [randomization.samplers[w] for w in worlds]
+        for w, sampler, seed in zip(worlds, samplers, seeds):
             if sampler.restored:  # continue a restored stream (see load_sampler_state)
                 seed, sampler.restored = None, False
             if seed is None:
@@ -169,12 +177,13 @@ class BatchedVecEnv(VecEnv):
             sampler.pending_seed = None
             if seed is not None:
                 sampler.seed(seed)
-            sampler.draw()
-            self._episodes[w] = sampler.sample()
             if seed is not None or self._np_random[w] is None:
                 self._np_random[w], _ = seeding.np_random(seed)
-            qpos[j], qvel[j] = task.reset_state(self._np_random[w])
-            self.reset_infos[w] = {"dr_params": sampler.params()}
+        episodes, params = randomization.draw(ids)
+        for w, episode, values in zip(worlds, episodes, params):
+            self._episodes[w] = episode
+            self.reset_infos[w] = {"dr_params": values}
+        qpos, qvel = task.reset_states([self._np_random[w] for w in worlds])
         randomization.apply(ids)
         self.backend.reset(ids, qpos, qvel)
         randomization.delay.start_episode(ids)

@@ -16,7 +16,7 @@ and the value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -147,6 +147,7 @@ class Randomizer:
         self._at = np.array([self.space.index(names[k]) for k in keep], dtype=np.intp)
         # The common case, a distribution over exactly this space in its order: no scatter.
         self._whole = self._take is None and names == self.space.names
+        self._order = np.argsort(self._at)  # column of the distribution's sample for each parameter
         self._distribution = distribution
 
     def check(self, name: str, low: float, high: float | None = None) -> None:
@@ -226,6 +227,59 @@ class Randomizer:
             layer._route_step()
         self.vector, self.tag = vector, tag
         return vector
+
+    @staticmethod
+    def draw_many(samplers: Sequence["Randomizer"]) -> np.ndarray:
+        """Every sampler's :meth:`draw`, in one pass over the samplers of one space (the
+        worlds of a batched env that reset together).
+
+        Samplers that share a distribution draw with one ``sample_tagged_many`` call, each
+        from its own generator, so each gets exactly the vector and tag its own ``draw()``
+        would give; pinned samplers take their pins. Each sampler's layers get their slices.
+
+        Returns:
+            The joint vectors, shape (len(samplers), n_params), row ``j`` sampler ``j``'s.
+        """
+        if not samplers:
+            return np.zeros((0, 0))
+        groups: dict[int, list[int]] = {}
+        pinned = []
+        for j, sampler in enumerate(samplers):
+            sampler._prepare()
+            if sampler._pinned is not None:
+                pinned.append(j)
+            else:
+                groups.setdefault(id(sampler._distribution), []).append(j)
+        tags: list[Any] = [None] * len(samplers)
+        if not pinned and len(groups) == 1:  # the usual case: one distribution for all
+            out, tags = samplers[0]._place_many(samplers)
+        else:
+            out = np.empty((len(samplers), len(samplers[0].nominal)))
+            for j in pinned:
+                out[j] = samplers[j]._pinned
+            for rows in groups.values():
+                block, drawn = samplers[rows[0]]._place_many([samplers[j] for j in rows])
+                out[rows] = block
+                for j, tag in zip(rows, drawn):
+                    tags[j] = tag
+        for sampler, vector, tag in zip(samplers, out, tags):
+            for layer, index in sampler.layers:
+                layer._apply(vector[index])
+                layer._route_step()
+            sampler.vector, sampler.tag = vector, tag
+        return out
+
+    def _place_many(self, samplers: Sequence["Randomizer"]) -> tuple[np.ndarray, list[Any]]:
+        # Samplers of one space drawing from this sampler's distribution: the same placement.
+        x, tags = self._distribution.sample_tagged_many([s.rng for s in samplers])
+        if self._whole:
+            return np.asarray(x, dtype=np.float64), tags
+        if self._take is None and self._at.size == len(self.nominal):  # every parameter, in another order
+            return x.take(self._order, axis=1), tags
+        out = np.empty((len(samplers), len(self.nominal)))
+        out[:] = self.nominal
+        out[:, self._at] = x if self._take is None else x[:, self._take]
+        return out, tags
 
     def params(self) -> dict[str, float]:
         """The values in force, ``{name: value}`` in each Param's own units."""
