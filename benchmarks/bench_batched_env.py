@@ -43,6 +43,7 @@ from mujoco import batch as mj_batch  # noqa: E402
 from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
 
 import rlsim2real as rs  # noqa: E402
+from rlsim2real.io import write_json, write_text  # noqa: E402
 from benchmarks.machine import describe, machine  # noqa: E402
 from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
@@ -279,8 +280,8 @@ def main() -> None:
     if args.no_write:
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batched_env.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "batched_env.md").write_text(report(result))
+    write_json(args.out / "batched_env.json", result)  # atomically: write, then rename
+    write_text(args.out / "batched_env.md", report(result))
     print(f"wrote {args.out / 'batched_env.json'} and .md")
 
 

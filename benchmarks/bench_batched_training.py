@@ -28,7 +28,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -45,6 +44,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize  # noqa
 
 import rlsim2real as rs  # noqa: E402
 from benchmarks.bench_batched_env import children_cpu  # noqa: E402
+from rlsim2real.io import write_json, write_text  # noqa: E402
 from benchmarks.machine import describe, machine  # noqa: E402
 from rlsim2real.agents import RecurrentPPO  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
@@ -171,8 +171,8 @@ def main() -> None:
     if args.no_write:
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batched_training.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "batched_training.md").write_text(report(result))
+    write_json(args.out / "batched_training.json", result)  # atomically: write, then rename
+    write_text(args.out / "batched_training.md", report(result))
     print(f"wrote {args.out / 'batched_training.json'} and .md")
 
 
