@@ -58,11 +58,13 @@ def test_active_dr_learns_inverted_pendulum_with_rounds_running_throughout(tmp_p
 
 
 @pytest.mark.slow
-def test_a_cnn_policy_learns_inverted_pendulum_from_pixels_and_holds_on_unseen_colours(tmp_path):
-    # About 20 minutes on 2 CPU cores (150k steps at ~130 steps/s with rendering).
+def test_a_cnn_policy_learns_inverted_pendulum_from_pixels(tmp_path):
+    # About 15-20 minutes on 2 CPU cores (150k steps at ~140-200 steps/s with rendering).
     run = rs.train(ROOT / "experiments" / "inverted_pendulum_pixels.toml", timesteps=150_000, out=tmp_path / "run",
                    evaluate=False)
-    report = rs.evaluate_transfer(run, episodes=5, sets=["nominal", "unseen_colours"])
-    # A random policy balances for about 8 steps from pixels as from states.
+    report = rs.evaluate_transfer(run, episodes=5, sets=["nominal", "in_range"])
+    # A random policy balances for about 8 steps from pixels as from states. Looks outside the
+    # training box (unseen colours, dim light, ...) are not asserted: whether a policy holds on
+    # them varies from seed to seed at this budget (benchmarks/results/dann_pixels.md).
     assert report.sets["nominal"].mean_return > 900
-    assert report.sets["unseen_colours"].mean_return > 500
+    assert report.sets["in_range"].mean_return > 900
