@@ -32,6 +32,7 @@ particles, and ``active/reference_steps``; the run directory gets ``particles.pn
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,7 @@ class ActiveSettings(StrategySettings):
     discriminator_updates: int = 20
 
     def validate(self, where: str, env: "EnvSpec") -> None:
-        def need(ok: bool, key: str, expected: str) -> None:
-            if not ok:
-                raise SpecError(f"{where}.{key}: expected {expected}, got {getattr(self, key)!r}")
-
+        need = functools.partial(self.require, where)
         need(self.particles >= 1, "particles", "an integer >= 1")
         need(0.0 < self.max_step <= 1.0, "max_step", "a fraction of the box in (0, 1]")
         need(self.horizon >= 1, "horizon", "an integer >= 1")

@@ -90,6 +90,12 @@ class StrategySettings:
     def validate(self, where: str, env: "EnvSpec") -> None:
         """Raise :class:`SpecError` on values that do not fit together or with ``env``."""
 
+    def require(self, where: str, ok: bool, key: str, expected: str) -> None:
+        """One line naming ``where.key``, what was expected and the value, unless ``ok``
+        (``need = functools.partial(self.require, where)`` in :meth:`validate`)."""
+        if not ok:
+            raise SpecError(f"{where}.{key}: expected {expected}, got {getattr(self, key)!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 

@@ -16,6 +16,7 @@ of the next fit.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -74,10 +75,7 @@ class SimOptSettings(StrategySettings):
     threads: int = 1
 
     def validate(self, where: str, env: "EnvSpec") -> None:
-        def need(ok: bool, key: str, expected: str) -> None:
-            if not ok:
-                raise SpecError(f"{where}.{key}: expected {expected}, got {getattr(self, key)!r}")
-
+        need = functools.partial(self.require, where)
         need(self.real_set in env.real_sets, "real_set",
              f"a real set of {env.source} ({', '.join(env.real_sets) or 'none'})")
         need(self.real_episodes >= 1, "real_episodes", "an integer >= 1")
