@@ -31,6 +31,11 @@ from rlsim2real.sysid.discrepancy import discrepancy
 OBJECTIVES = ("likelihood", "discrepancy")
 
 
+# Range of a fitted std in the normalized box: a floor keeps a fit from collapsing to a
+# point, a ceiling (half the box) from spreading over all of it. Both fitters use it.
+STD_BOUNDS = (1e-3, 0.5)
+
+
 @dataclass(frozen=True)
 class Gaussian:
     """A diagonal Gaussian over normalized parameters.
@@ -200,7 +205,7 @@ class CMAFitter:
     def __init__(
         self, objective: Callable[[list[Gaussian]], np.ndarray], low: np.ndarray, high: np.ndarray,
         initial: Gaussian | None = None, seed: int = 0, sigma0: float = 0.5, popsize: int | None = None,
-        std_bounds: tuple[float, float] = (1e-3, 0.5), fit_std: bool = True,
+        std_bounds: tuple[float, float] = STD_BOUNDS, fit_std: bool = True,
     ) -> None:
         import cma
 

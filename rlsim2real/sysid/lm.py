@@ -33,11 +33,10 @@ import mujoco
 import numpy as np
 
 from rlsim2real.params import SpecError
-from rlsim2real.sysid.fit import Gaussian, Generation
+from rlsim2real.sysid.fit import STD_BOUNDS, Gaussian, Generation
 from rlsim2real.sysid.simulate import BatchSimulator
 
 FITTERS = ("cma", "lm")
-_STD_BOUNDS = (1e-3, 0.5)
 
 
 def toolbox() -> Any:
@@ -141,7 +140,7 @@ def fit_lm(
         if progress is not None:
             x = np.asarray(entry.candidate, dtype=np.float64).reshape(-1)
             progress(Generation(len(trace), evaluations, float(entry.objective), float(entry.objective),
-                                Gaussian(x, np.full(n, _STD_BOUNDS[0]))))
+                                Gaussian(x, np.full(n, STD_BOUNDS[0]))))
 
     max_iters = max(1, int(budget) // (n + 2))
     fitted, result = sysid.optimize(
@@ -158,11 +157,11 @@ def _standard_error(sysid: Any, residual: Any, fitted: Any, result: Any, n: int)
     jac = np.asarray(result.jac, dtype=np.float64)
     final, _, _ = residual(fitted.as_vector(), fitted.copy())
     if jac.ndim != 2 or jac.shape[1] != n or jac.shape[0] <= n:
-        return np.full(n, _STD_BOUNDS[1])
+        return np.full(n, STD_BOUNDS[1])
     with np.errstate(all="ignore"):
         cov, _ = sysid.calculate_intervals(final, jac)
         std = np.sqrt(np.abs(np.diag(cov)))
-    return np.clip(np.nan_to_num(std, nan=_STD_BOUNDS[1], posinf=_STD_BOUNDS[1]), *_STD_BOUNDS)
+    return np.clip(np.nan_to_num(std, nan=STD_BOUNDS[1], posinf=STD_BOUNDS[1]), *STD_BOUNDS)
 
 
 def replay_sequences(sysid: Any, problem: Any) -> Any:
