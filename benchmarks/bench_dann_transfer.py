@@ -115,7 +115,6 @@ def main() -> None:
         "wall_seconds": round(time.time() - start, 1),
     }
     out_dir = ROOT / "benchmarks" / "results"
-    write_json(out_dir / f"{task['stem']}.json", data)
     lines = [
         f"# {' vs '.join(variants)} on {task['title']}",
         "",
@@ -154,7 +153,7 @@ def main() -> None:
                 row[s_name] = None if gap <= 0.05 * abs(summary[b]["nominal"]) else (summary[c][s_name] - summary[b][s_name]) / gap
             data["recovered_fraction"][f"{c} vs {b}"] = row
             lines.append(f"| {c} vs {b} | " + " | ".join("-" if v is None else f"{v:+.2f}" for v in row.values()) + " |")
-        write_json(out_dir / f"{task['stem']}.json", data)
+    write_json(out_dir / f"{task['stem']}.json", data)
     write_text(out_dir / f"{task['stem']}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
