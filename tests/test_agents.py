@@ -1,5 +1,7 @@
 """The fast recurrent PPO computes what sb3-contrib computes, learns, saves and runs DANN."""
 
+import threading
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from rlsim2real.agents import FastRecurrentRolloutBuffer, RecurrentPPO, segments
+from rlsim2real.agents import ppo as ppo_module
 from rlsim2real.agents.policies import _run_sequence, diag_gaussian_log_prob_entropy
 
 th.set_num_threads(1)
@@ -291,6 +294,65 @@ def test_parameters_after_several_updates_match_sb3_contrib_with_its_defaults(en
     theirs = dict(ref.policy.named_parameters())
     for name, param in ours.policy.named_parameters():
         assert th.allclose(param, theirs[name], atol=1e-5, rtol=0), name
+
+
+def _learned(parallel: bool, env, record_threads: bool = False, **kwargs):
+    model = RecurrentPPO(kwargs.pop("policy", "MlpLstmPolicy"), env, seed=0, device="cpu", parallel_update=parallel, **kwargs)
+    threads: set[str] = set()
+    if record_threads:
+        model.policy.lstm_critic.register_forward_hook(lambda *_: threads.add(threading.current_thread().name))
+    if model.dann_enabled:
+        model.set_target_observations(np.random.default_rng(1).integers(0, 255, size=(20, *model.observation_space.shape)).astype(np.uint8))
+    model.learn(kwargs["n_steps"] * 3)
+    return model, threads
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_parallel_update_gives_the_serial_update_bit_for_bit(env_id):
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(lstm_hidden_size=16))
+    serial, serial_threads = _learned(False, env_id, record_threads=True, **kwargs)
+    parallel, parallel_threads = _learned(True, env_id, record_threads=True, **kwargs)
+    # The critic's training passes ran on the second thread (rollouts stay on this one).
+    assert any(name.startswith("rlsim2real-critic") for name in parallel_threads)
+    assert not any(name.startswith("rlsim2real-critic") for name in serial_threads)
+    theirs = dict(serial.policy.named_parameters())
+    for name, param in parallel.policy.named_parameters():
+        assert th.equal(param, theirs[name]), name
+    for key in ("train/loss", "train/value_loss", "train/policy_gradient_loss", "train/approx_kl"):
+        assert parallel.logger.name_to_value[key] == serial.logger.name_to_value[key], key
+
+
+def test_parallel_update_with_a_shared_cnn_and_dann_matches_the_serial_update():
+    # The CNN is trained by both branches and by DANN: its gradient is the same sum, added in
+    # another order, so the parameters agree to float rounding.
+    kwargs = dict(policy="CnnLstmPolicy", n_steps=16, batch_size=16, n_epochs=2, dann=dict(enabled=True),
+                  policy_kwargs=dict(lstm_hidden_size=16, features_extractor_kwargs=dict(features_dim=32), optimizer_class=th.optim.SGD))
+    serial, _ = _learned(False, _TinyImageEnv(), **kwargs)
+    parallel, _ = _learned(True, _TinyImageEnv(), **kwargs)
+    theirs = dict(serial.policy.named_parameters())
+    for name, param in parallel.policy.named_parameters():
+        assert th.allclose(param, theirs[name], atol=1e-6, rtol=1e-5), name
+    untrained = RecurrentPPO("CnnLstmPolicy", _TinyImageEnv(), seed=0, device="cpu", policy_kwargs=kwargs["policy_kwargs"])
+    before = dict(untrained.policy.features_extractor.named_parameters())
+    assert any(not th.equal(p, before[n]) for n, p in parallel.policy.features_extractor.named_parameters())
+
+
+def test_parallel_update_settings():
+    kwargs = dict(n_steps=16, batch_size=16, seed=0, device="cpu", policy_kwargs=dict(lstm_hidden_size=8))
+    with pytest.raises(ValueError, match="critic LSTM of its own"):
+        RecurrentPPO("MlpLstmPolicy", "CartPole-v1", parallel_update=True,
+                     **{**kwargs, "policy_kwargs": dict(lstm_hidden_size=8, enable_critic_lstm=False)})
+    with pytest.raises(ValueError, match="True, False or None"):
+        RecurrentPPO("MlpLstmPolicy", "CartPole-v1", parallel_update="yes", **kwargs)
+    auto = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", **kwargs)
+    assert auto._parallel_update_applies() == (ppo_module.usable_cpus() >= 2)  # this file runs torch on 1 thread
+    th.set_num_threads(2)
+    try:
+        assert not auto._parallel_update_applies()  # intra-op threads already use the cores
+    finally:
+        th.set_num_threads(1)
+    shared = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", **{**kwargs, "policy_kwargs": dict(lstm_hidden_size=8, shared_lstm=True, enable_critic_lstm=False)})
+    assert not shared._parallel_update_applies()
 
 
 class _EditingCallback(BaseCallback):

@@ -302,13 +302,51 @@ class FastRecurrentPolicyMixin:
         return self._evaluate_heads(latent_pi, latent_vf, actions, pi_features)
 
     def _evaluate_heads(self, latent_pi: th.Tensor, latent_vf: th.Tensor, actions: th.Tensor, pi_features: th.Tensor) -> EvaluatedActions:
+        values = self._value_head(latent_vf)
+        return EvaluatedActions(values, *self._actor_head(latent_pi, actions), pi_features)
+
+    def _actor_head(self, latent_pi: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor | None]:
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
-        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
         if type(self.action_dist) is DiagGaussianDistribution:
-            log_prob, entropy = diag_gaussian_log_prob_entropy(self.action_net(latent_pi), self.log_std, actions)
-            return EvaluatedActions(values, log_prob, entropy, pi_features)
+            return diag_gaussian_log_prob_entropy(self.action_net(latent_pi), self.log_std, actions)
         distribution = self._get_action_dist_from_latent(latent_pi)
-        return EvaluatedActions(values, distribution.log_prob(actions), distribution.entropy(), pi_features)
+        return distribution.log_prob(actions), distribution.entropy()
+
+    def _value_head(self, latent_vf: th.Tensor) -> th.Tensor:
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+    # The update's two branches, each from its own features (see RecurrentPPO's
+    # ``parallel_update``): past the features extractor, the actor and the critic share no
+    # parameter when both have an LSTM, so their gradients can be computed apart.
+    def actor_branch(
+        self, pi_features: th.Tensor, actions: th.Tensor, states: tuple[th.Tensor, th.Tensor], plan: SequencePlan
+    ) -> tuple[th.Tensor, th.Tensor | None]:
+        """Log-probs and entropy (None where the distribution has no closed form) of the
+        real rows, from actor features, as :meth:`evaluate_sequences` computes them."""
+        return self._actor_head(run_planned(pi_features, states, self.lstm_actor, plan), actions)
+
+    def critic_branch(self, vf_features: th.Tensor, states: tuple[th.Tensor, th.Tensor], plan: SequencePlan) -> th.Tensor:
+        """Values of the real rows, shape (n_rows, 1), from critic features (needs the critic LSTM)."""
+        return self._value_head(run_planned(vf_features, states, self.lstm_critic, plan))
+
+    def branches_apart(self) -> bool:
+        """Whether the actor and critic branches past the features extractor share no
+        parameter (a critic LSTM of its own, heads of their own), so that
+        :meth:`actor_branch` and :meth:`critic_branch` may run side by side."""
+        if self.lstm_critic is None or self.shared_lstm:
+            return False
+        actor = [self.lstm_actor, self.mlp_extractor.policy_net, self.action_net]
+        critic = [self.lstm_critic, self.mlp_extractor.value_net, self.value_net]
+        ids = lambda modules: {id(p) for m in modules for p in m.parameters()}  # noqa: E731
+        actor_ids = ids(actor) | ({id(self.log_std)} if isinstance(getattr(self, "log_std", None), nn.Parameter) else set())
+        own = actor_ids | ids(critic) | {id(p) for p in self.features_extractor_parameters()}
+        # Every trainable parameter belongs to one branch or to the features extractors.
+        return not (actor_ids & ids(critic)) and all(id(p) in own for p in self.parameters())
+
+    def features_extractor_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the features extractor(s) (shared or one per branch)."""
+        extractors = (self.pi_features_extractor, self.vf_features_extractor)  # one module when shared
+        return list({id(p): p for e in extractors for p in e.parameters()}.values())
 
 
 class MlpLstmPolicy(FastRecurrentPolicyMixin, RecurrentActorCriticPolicy):
