@@ -6,7 +6,13 @@ held-out sensor terms, observation noise/bias/scale and action delay, sampled of
 
 - ``batched_T``: :class:`~rlsim2real.batched.BatchedVecEnv` on T = 1 and 2 threads;
 - ``batched_T_no_dr``: the same without any randomization term (the spec's parameters
-  removed), for the randomization's cost;
+  removed), for the randomization's cost end to end (which includes what other masses and
+  frictions do to the physics and to episode lengths);
+- ``batched_T_drawn_once``: no randomization term either, but every world's model fields
+  written once, before the run, with a draw from the same training box: the randomized
+  physics without the randomization machinery (re-drawing and re-writing at every reset,
+  ``mj_setConst``, sensor noise and action delay at every step), for the machinery's cost
+  with the physics held alike;
 - ``dummy``: ``DummyVecEnv`` of ``Monitor(make_env(...))`` workers (``make_vec_env``);
 - ``subproc``: ``SubprocVecEnv`` of the same workers, one process each (started with
   ``fork``: 64 forkserver workers would each import torch, more memory than this machine has);
@@ -47,6 +53,7 @@ from rlsim2real.io import write_json, write_text  # noqa: E402
 from benchmarks.machine import describe, machine  # noqa: E402
 from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
+from rlsim2real.batched.randomization import BatchedDynamics  # noqa: E402
 from rlsim2real.training import _worker, make_vec_env  # noqa: E402
 
 SENSOR_RANGES = {"obs_noise": (0.01, 0.05), "obs_bias": (0.05, 0.1), "obs_scale": (1.05, 1.2), "action_delay": (1.0, 2.0)}
@@ -128,6 +135,16 @@ class CodeTimer:
         return timed
 
 
+def drawn_once(plain, spec, n: int, threads: int, seed: int) -> BatchedVecEnv:
+    """A batched env without randomization terms whose worlds hold one draw each of the
+    spec's training box, written into their model fields before the run."""
+    venv = BatchedVecEnv(plain, n, seed=0, threads=threads)
+    model_terms = spec.params.select("model")
+    values = BoxDistribution(model_terms).sample_batch(np.random.default_rng(seed), n)
+    BatchedDynamics(venv.backend, model_terms).apply(np.arange(n), values)
+    return venv
+
+
 def randomization_share(spec, dist, n: int, steps: int) -> dict:
     """The share of a 1-thread batched env's CPU time spent in its randomization code."""
     venv = BatchedVecEnv(spec, n, seed=1, distribution=dist, threads=1)
@@ -166,6 +183,8 @@ def main() -> None:
         "batched_2": BatchedVecEnv(spec, n, seed=0, distribution=dist, threads=2),
         "batched_1_no_dr": BatchedVecEnv(plain, n, seed=0, threads=1),
         "batched_2_no_dr": BatchedVecEnv(plain, n, seed=0, threads=2),
+        "batched_1_drawn_once": drawn_once(plain, spec, n, 1, seed=1),
+        "batched_2_drawn_once": drawn_once(plain, spec, n, 2, seed=1),
         "dummy": make_vec_env(spec, n, 0, dist, "dummy"),
         "subproc": SubprocVecEnv([_worker(spec, i, dist) for i in range(n)], start_method="fork"),
     }
@@ -230,6 +249,8 @@ def main() -> None:
         "batched_2_over_bare_2": ratio("batched_2", "bare_2"),
         "randomization_cost_1": 1.0 - ratio("batched_1", "batched_1_no_dr"),
         "randomization_cost_2": 1.0 - ratio("batched_2", "batched_2_no_dr"),
+        "machinery_cost_1": 1.0 - ratio("batched_1", "batched_1_drawn_once"),
+        "machinery_cost_2": 1.0 - ratio("batched_2", "batched_2_drawn_once"),
     }
     # Per CPU-second (this process's threads, and SubprocVecEnv's workers): the work each
     # contender does per env step, which other jobs on the machine disturb much less.
@@ -240,6 +261,8 @@ def main() -> None:
         "batched_2_over_bare_2": ratio("batched_2", "bare_2", per_cpu),
         "randomization_cost_1": 1.0 - ratio("batched_1", "batched_1_no_dr", per_cpu),
         "randomization_cost_2": 1.0 - ratio("batched_2", "batched_2_no_dr", per_cpu),
+        "machinery_cost_1": 1.0 - ratio("batched_1", "batched_1_drawn_once", per_cpu),
+        "machinery_cost_2": 1.0 - ratio("batched_2", "batched_2_drawn_once", per_cpu),
     }
     share = randomization_share(spec, dist, n, args.steps)
     print(f"randomization code: {share['share']:.1%} of the 1-thread batched env's CPU time")
@@ -290,11 +313,22 @@ LABELS = {
     "batched_2": "BatchedVecEnv, 2 threads",
     "batched_1_no_dr": "BatchedVecEnv, 1 thread, no randomization",
     "batched_2_no_dr": "BatchedVecEnv, 2 threads, no randomization",
+    "batched_1_drawn_once": "BatchedVecEnv, 1 thread, each world's physics drawn once, no machinery",
+    "batched_2_drawn_once": "BatchedVecEnv, 2 threads, each world's physics drawn once, no machinery",
     "dummy": "DummyVecEnv (make_vec_env)",
     "subproc": "SubprocVecEnv, 64 processes",
     "bare_1": "bare mujoco.batch, 1 thread",
     "bare_2": "bare mujoco.batch, 2 threads",
 }
+
+
+def load_note(res: dict) -> str:
+    load, cores = res["load_average_before"], res["machine"]["cores"]
+    shown = ", ".join(f"{x:.1f}" for x in load)
+    if load[0] > 0.75 * cores:
+        return (f"**The machine was loaded** while this ran (load average {shown} before, on {cores} cores: "
+                "other jobs), so absolute numbers are low and noisy.")
+    return f"The machine was quiet when this started (load average {shown} before, on {cores} cores)."
 
 
 def report(res: dict) -> str:
@@ -326,16 +360,13 @@ def report(res: dict) -> str:
     def prev_share() -> str:
         return f"{before['randomization_code_share']:.1%}" if before else "-"
 
-    load = ", ".join(f"{x:.1f}" for x in res["load_average_before"])
     return f"""# Batched env throughput: Hopper-v5, {res['n_envs']} envs, full randomization
 
 Command: `{res['command']}`
 
 {describe(res['machine'])}
 
-**The machine was loaded** while this ran (load average {load} before, on
-{res['machine']['cores']} cores: long benchmark trainings and test runs of other sessions), so
-absolute numbers are low and noisy; the contenders ran side by side, alternating every
+{load_note(res)} The contenders ran side by side, alternating every
 {res['chunk']} VecEnv steps, and the ratios below are medians of per-round ratios.
 {res['rounds']} rounds of {res['steps_per_round']:,} VecEnv steps ({res['steps_per_round'] * res['n_envs']:,} env steps)
 per contender; random actions, resetting as episodes end. Randomization: {res['randomization']}.
@@ -355,12 +386,18 @@ Steps/s are wall-clock env steps (VecEnv steps x {res['n_envs']}).
 | batched / bare physics, 2 threads | {r['batched_2_over_bare_2']:.1%} | {c['batched_2_over_bare_2']:.1%} | >= {g['batched_over_bare']:.0%}: {verdict(c['batched_2_over_bare_2'] >= g['batched_over_bare'])} (CPU) | {prev('batched_2_over_bare_2', '%')} |
 | randomization's cost, 1 thread | {r['randomization_cost_1']:.1%} | {c['randomization_cost_1']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['randomization_cost_1'] <= g['randomization_cost'])} (CPU) | {prev('randomization_cost_1', '%')} |
 | randomization's cost, 2 threads | {r['randomization_cost_2']:.1%} | {c['randomization_cost_2']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['randomization_cost_2'] <= g['randomization_cost'])} (CPU) | {prev('randomization_cost_2', '%')} |
+| randomization machinery's cost at the same physics (drawn once), 1 thread | {r['machinery_cost_1']:.1%} | {c['machinery_cost_1']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['machinery_cost_1'] <= g['randomization_cost'])} (CPU) | {prev('machinery_cost_1', '%')} |
+| randomization machinery's cost at the same physics (drawn once), 2 threads | {r['machinery_cost_2']:.1%} | {c['machinery_cost_2']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(c['machinery_cost_2'] <= g['randomization_cost'])} (CPU) | {prev('machinery_cost_2', '%')} |
 | randomization code's share of the batched env's CPU time, 1 thread | | {res['randomization_code_share']['share']:.1%} | <= {g['randomization_cost']:.0%}: {verdict(res['randomization_code_share']['share'] <= g['randomization_cost'])} | {prev_share()} |
 
-{previous_note()}Two measures of the randomization's cost. End to end (randomized / not randomized) also
+{previous_note()}Three measures of the randomization's cost. End to end (randomized / not randomized) also
 counts what randomization does to the physics itself: heavier or lighter links, other
 friction and gains change the solver's work per step and how soon episodes end, so it is
-not the cost of the machinery alone. The code share times the randomization code directly
+not the cost of the machinery alone. At the same physics (randomized / drawn once), the
+comparison env has no randomization term but each of its worlds holds one draw of the same
+training box in its model fields, written before the run: the same kind of physics, without
+the re-draws, re-writes and `mj_setConst` at every reset or the per-step sensor noise and
+action delay; it counts the machinery end to end, thread waits included. The code share times the randomization code directly
 (the main thread's CPU time inside the resetting worlds' draws and the values they report,
 the writes into the worlds' model fields with `mj_setConst`, the sensor and delay settings,
 and the per-step noise and delay)
