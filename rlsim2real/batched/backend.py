@@ -12,6 +12,7 @@ module changes (see docs/batched.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import mujoco
 import numpy as np
@@ -70,7 +71,15 @@ class SimBackend(ABC):
     @abstractmethod
     def model_field(self, field: str) -> np.ndarray:
         """The per-world values of a model field (``body_mass``, ``opt.gravity``, ...),
-        shape (n_worlds, *field shape); writing it changes those worlds' models."""
+        shape (n_worlds, *field shape); writing it, then :meth:`commit`, changes those
+        worlds' models."""
+
+    def commit(self, fields: Iterable[str], ids: np.ndarray) -> None:
+        """Make what was written into :meth:`model_field` arrays of ``fields`` for worlds
+        ``ids`` reach the simulation (called after the writes, before :meth:`set_const`).
+
+        A backend whose arrays are the simulation's own memory (``mujoco.batch``) has
+        nothing to do; one whose worlds live on a device uploads them here."""
 
     @abstractmethod
     def set_const(self, ids: np.ndarray) -> None:
