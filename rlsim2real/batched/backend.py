@@ -4,9 +4,9 @@
 reset some worlds to given joint positions and velocities, step every world with its
 controls, write per-world values into model fields, recompute derived constants, and report
 which worlds went unstable. :class:`MujocoBatchBackend` implements it on ``mujoco.batch``
-(CPU threads). A MuJoCo Warp backend (``mujoco-warp``: per-world model fields and state on
-the GPU) implements the same methods on its ``Model``/``Data`` arrays; nothing above this
-module changes (see docs/batched.md).
+(CPU threads); :class:`~rlsim2real.batched.warp_backend.WarpBackend` on MuJoCo Warp
+(``mujoco-warp``: per-world model fields and state on a GPU, or on Warp's CPU device).
+:data:`BACKENDS` names them for ``BatchedVecEnv(..., backend=...)`` (see docs/batched.md).
 """
 
 from __future__ import annotations
@@ -172,4 +172,8 @@ class MujocoBatchBackend(SimBackend):
         return moved
 
 
-BACKENDS = {"mujoco_batch": MujocoBatchBackend}
+BACKENDS: dict[str, type[SimBackend]] = {"mujoco_batch": MujocoBatchBackend}
+"""Backends by the name ``BatchedVecEnv``'s ``backend`` and an experiment's ``backend`` take."""
+
+# Registers "warp" (the module imports Warp only when a backend is built).
+import rlsim2real.batched.warp_backend  # noqa: E402,F401
