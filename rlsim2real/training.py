@@ -254,7 +254,7 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
     resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()
     venv = make_vec_env(
         spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers,
-        threads=spec.threads,
+        threads=spec.threads, backend=spec.backend,
     )
     try:
         if resumed_samplers:

@@ -276,6 +276,33 @@ def test_threads_belong_to_batched_envs_only(tmp_path):
     assert rs.load_experiment_spec(exp).threads == 0
 
 
+def test_backend_is_a_batched_setting_with_known_names(tmp_path):
+    exp = tmp_path / "b.toml"
+    for body, match in [('vec_env = "batched"\nbackend = "gpu"', r"experiment.backend: expected one of mujoco_batch, warp, got 'gpu'"),
+                        ('vec_env = "batched"\nbackend = ["warp"]', "experiment.backend: expected one of"),
+                        ('vec_env = "dummy"\nbackend = "warp"', 'experiment.backend: only vec_env = "batched"')]:
+        exp.write_text(f'[experiment]\nenv = "hopper"\n{body}\n')
+        with pytest.raises(rs.SpecError, match=match) as err:
+            rs.load_experiment_spec(exp)
+        assert str(err.value).startswith(str(exp)) and "\n" not in str(err.value)
+    exp.write_text('[experiment]\nenv = "hopper"\nvec_env = "batched"\nbackend = "mujoco_batch"\n')
+    spec = rs.load_experiment_spec(exp)
+    assert spec.backend == "mujoco_batch" and "backend" not in spec.to_dict()  # configs of older runs still match
+    with pytest.raises(rs.SpecError, match=r"backend: expected one of mujoco_batch, warp, got 'gpu'"):
+        BatchedVecEnv("hopper", 2, backend="gpu")
+
+
+def test_the_warp_backend_without_mujoco_warp_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mujoco_warp", None)  # as if not installed
+    exp = tmp_path / "w.toml"
+    exp.write_text('[experiment]\nenv = "hopper"\nvec_env = "batched"\nbackend = "warp"\n')
+    with pytest.raises(rs.SpecError, match=r'experiment.backend: .*pip install "rlsim2real\[warp\]"') as err:
+        rs.load_experiment_spec(exp)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ImportError, match=r'backend "warp" needs the mujoco_warp package.*pip install "rlsim2real\[warp\]"'):
+        BatchedVecEnv("hopper", 2, backend="warp")
+
+
 TINY = """
 [experiment]
 name = "tiny_batched"

@@ -162,3 +162,21 @@ def test_model_fields_are_per_world_host_arrays_committed_to_the_device():
                                   np.float32([model.geom_friction[:, 0], model.geom_friction[:, 0], [0.25] * model.ngeom]))
     with pytest.raises(ValueError, match="vis.headlight.diffuse.*no per-world values in mujoco_warp"):
         backend.model_field("vis.headlight.diffuse")
+
+
+def test_experiment_backend_setting(tmp_path):
+    exp = tmp_path / "w.toml"
+    exp.write_text('[experiment]\nenv = "hopper"\nvec_env = "batched"\nbackend = "warp"\n')
+    spec = rs.load_experiment_spec(exp)
+    assert spec.backend == "warp" and spec.to_dict()["backend"] == "warp"
+
+
+def test_a_tiny_training_run_on_the_warp_backend(tmp_path):
+    exp = tmp_path / "tiny.toml"
+    exp.write_text('[experiment]\nenv = "hopper"\ntimesteps = 128\nseed = 1\nn_envs = 4\nvec_env = "batched"\n'
+                   'backend = "warp"\n\n[hyperparameters]\nn_steps = 32\nbatch_size = 64\nn_epochs = 1\n\n'
+                   '[evaluation]\nenabled = false\n')
+    run = rs.train(exp, out=tmp_path / "run", evaluate=False)
+    assert run.config["backend"] == "warp"
+    rows = (tmp_path / "run" / "logs" / "episodes.csv").read_text().splitlines()
+    assert len(rows) > 1 and run.load_model(device="cpu").num_timesteps >= 128
