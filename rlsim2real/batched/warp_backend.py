@@ -183,6 +183,9 @@ class WarpBackend(SimBackend):
             raise ValueError(f"WarpBackend: n_worlds must be >= 1, got {n_worlds}")
         self.threads = 1
         self.device = _device(wp, device)
+        # Capturing mjw's steps allocates scratch arrays inside the graph: on a CUDA device
+        # that needs its memory pool (on by default where the driver has one).
+        self._use_graphs = self.device.is_cpu or wp.is_mempool_enabled(self.device)
         with wp.ScopedDevice(self.device):
             try:
                 self._m = mjw.put_model(model)
@@ -276,6 +279,10 @@ class WarpBackend(SimBackend):
     def _run(self, key: Any, work) -> None:
         """Run ``work`` (device launches only) as a graph: captured at its first call, replayed after."""
         wp = self._wp
+        if not self._use_graphs:
+            with wp.ScopedDevice(self.device):
+                work()
+            return
         graph = self._graphs.get(key)
         if graph is None:
             with wp.ScopedDevice(self.device), wp.ScopedCapture(self.device) as capture:
@@ -327,7 +334,7 @@ class WarpBackend(SimBackend):
         # whose fields did not change get the values they had.
         if not self._derived_expanded:
             for name in _DERIVED:
-                self._expand_device(self._m, name, self._specs[name])
+                self._expand_device(self._m, name)
             self._derived_expanded = True
         self._run("set_const", lambda: self._mjw.set_const(self._m, self._d))
 
@@ -337,7 +344,10 @@ class WarpBackend(SimBackend):
         shape = getattr(spec, "shape", ())
         if not shape or shape[0] != "*":
             raise ValueError(f"WarpBackend: model field {field!r} has no per-world values in mujoco_warp")
-        array = self._expand_device(owner, name, spec)
+        dtype = getattr(owner, name).dtype
+        if getattr(dtype, "_wp_scalar_type_", dtype) is not self._wp.float32:  # a vector's or a scalar's
+            raise ValueError(f"WarpBackend: model field {field!r} is not a float field in mujoco_warp")
+        array = self._expand_device(owner, name)
         host = int(np.prod(np.shape(field_array(self.model, field)), dtype=np.int64))
         per_world = int(np.prod(array.shape[1:] + _vector_shape(array), dtype=np.int64))
         if host != per_world:
@@ -347,7 +357,8 @@ class WarpBackend(SimBackend):
             self._m.has_fluid = True
             self._graphs.clear()
 
-    def _expand_device(self, owner: Any, name: str, spec: Any) -> Any:
+    def _expand_device(self, owner: Any, name: str) -> Any:
+        """``owner.name`` with one row per world on the device (world 0's values in each)."""
         array = getattr(owner, name)
         if array.shape[0] == self.n_worlds:
             return array
