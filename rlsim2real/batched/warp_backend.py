@@ -168,6 +168,19 @@ class WarpBackend(SimBackend):
     Raises:
         ImportError: where ``mujoco_warp`` is not installed (the message says how to install it).
         ValueError: for a device Warp does not have, or a model mujoco_warp does not support.
+
+    Example:
+        >>> import pytest; _ = pytest.importorskip("mujoco_warp")  # pip install "rlsim2real[warp]"
+        >>> import gymnasium as gym
+        >>> model = gym.make("Hopper-v5").unwrapped.model
+        >>> backend = WarpBackend(model, n_worlds=2, device="cpu")
+        >>> backend.model_field("body_mass")[1] *= 2.0  # world 1 twice as heavy
+        >>> backend.commit(["body_mass"], np.array([1]))
+        >>> backend.set_const(np.array([1]))  # subtree masses, invweights, ... of world 1
+        >>> backend.reset(np.arange(2), np.tile(model.qpos0, (2, 1)), np.zeros((2, model.nv)))
+        >>> backend.step(np.zeros((2, model.nu)), nstep=4)
+        >>> backend.qpos.shape, bool((backend.qpos[:, 1] < model.qpos0[1]).all())  # both fall
+        ((2, 6), True)
     """
 
     def __init__(
