@@ -708,7 +708,7 @@ class TargetSpec:
         return {"set": self.set, "file": str(self.file) if self.file else None, "episodes": self.episodes,
                 "refresh_every": self.refresh_every}
 _EXP_TABLE_KEYS = (
-    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "threads", "normalize",
+    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "threads", "backend", "normalize",
     "checkpoint_every", "device", "max_episode_steps", "description",
 )
 _EXP_EVAL_KEYS = ("episodes", "sets", "grid", "enabled")
@@ -728,6 +728,7 @@ class ExperimentSpec:
     n_envs: int = 4
     vec_env: str = "dummy"
     threads: int = 1
+    backend: str = "mujoco_batch"
     normalize: bool = True
     checkpoint_every: int = 0
     device: str = "auto"
@@ -763,6 +764,9 @@ class ExperimentSpec:
             "vec_env": self.vec_env,
             # Only batched envs have threads; other runs' configs stay as they were (resume).
             **({"threads": self.threads} if self.vec_env == "batched" else {}),
+            # Written only when not the default, so that runs made before backends were
+            # selectable still resume.
+            **({"backend": self.backend} if self.vec_env == "batched" and self.backend != "mujoco_batch" else {}),
             "normalize": self.normalize,
             "checkpoint_every": self.checkpoint_every,
             "device": self.device,
@@ -808,6 +812,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     threads = _positive_int(e.get("threads", 1), f"{f}: experiment.threads", allow_zero=True)
     if "threads" in e and vec_env != "batched":
         raise SpecError(f"{f}: experiment.threads: only vec_env = \"batched\" has simulation threads; got vec_env = {vec_env!r}")
+    backend = _batched_backend(e, vec_env, f)
     device = e.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")
@@ -840,6 +845,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         n_envs=n_envs,
         vec_env=vec_env,
         threads=threads,
+        backend=backend,
         normalize=bool(_typed(e.get("normalize", True), bool, f"{f}: experiment.normalize", "true or false")),
         checkpoint_every=_positive_int(e.get("checkpoint_every", 0), f"{f}: experiment.checkpoint_every", allow_zero=True),
         device=device,
@@ -849,6 +855,25 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         evaluate=bool(_typed(ev.get("enabled", True), bool, f"{f}: evaluation.enabled", "true or false")),
         path=path,
     )
+
+
+def _batched_backend(e: dict[str, Any], vec_env: str, f: str) -> str:
+    """``[experiment] backend``: a name in the batched env's BACKENDS, with vec_env = "batched" only."""
+    if "backend" not in e:
+        return "mujoco_batch"
+    from rlsim2real.batched.backend import BACKENDS
+
+    backend = e["backend"]
+    if vec_env != "batched":
+        raise SpecError(f"{f}: experiment.backend: only vec_env = \"batched\" has a simulation backend; got vec_env = {vec_env!r}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise SpecError(f"{f}: experiment.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "warp":
+        from rlsim2real.batched.warp_backend import INSTALL_HINT, warp_available
+
+        if not warp_available():
+            raise SpecError(f"{f}: experiment.backend: {INSTALL_HINT}")
+    return backend
 
 
 def _parse_strategy(shorthand: Any, table: Any, f: str, env: EnvSpec) -> tuple[str, dict[str, Any]]:

@@ -60,7 +60,7 @@ def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
 
 def make_vec_env(
     spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True,
-    threads: int = 1,
+    threads: int = 1, backend: str = "mujoco_batch",
 ) -> VecEnv:
     """``n_envs`` randomized workers; worker ``i`` is seeded ``seed + i``.
 
@@ -74,11 +74,12 @@ def make_vec_env(
             stepped together on ``threads`` threads, built-in tasks only).
         reseed: Seed the first reset (``False`` when sampler states are restored instead).
         threads: Simulation threads of a batched env (0: all CPUs).
+        backend: Simulation backend of a batched env (``"mujoco_batch"`` or ``"warp"``).
     """
     if kind == "batched":
         from rlsim2real.batched import BatchedVecEnv
 
-        venv = BatchedVecEnv(spec, n_envs, seed=seed, distribution=distribution, threads=threads)
+        venv = BatchedVecEnv(spec, n_envs, seed=seed, distribution=distribution, threads=threads, backend=backend)
         if reseed:
             venv.seed(seed)
         return venv
@@ -253,7 +254,7 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
     resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()
     venv = make_vec_env(
         spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers,
-        threads=spec.threads,
+        threads=spec.threads, backend=spec.backend,
     )
     try:
         if resumed_samplers:

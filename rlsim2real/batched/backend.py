@@ -4,14 +4,15 @@
 reset some worlds to given joint positions and velocities, step every world with its
 controls, write per-world values into model fields, recompute derived constants, and report
 which worlds went unstable. :class:`MujocoBatchBackend` implements it on ``mujoco.batch``
-(CPU threads). A MuJoCo Warp backend (``mujoco-warp``: per-world model fields and state on
-the GPU) implements the same methods on its ``Model``/``Data`` arrays; nothing above this
-module changes (see docs/batched.md).
+(CPU threads); :class:`~rlsim2real.batched.warp_backend.WarpBackend` on MuJoCo Warp
+(``mujoco-warp``: per-world model fields and state on a GPU, or on Warp's CPU device).
+:data:`BACKENDS` names them for ``BatchedVecEnv(..., backend=...)`` (see docs/batched.md).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import mujoco
 import numpy as np
@@ -70,7 +71,15 @@ class SimBackend(ABC):
     @abstractmethod
     def model_field(self, field: str) -> np.ndarray:
         """The per-world values of a model field (``body_mass``, ``opt.gravity``, ...),
-        shape (n_worlds, *field shape); writing it changes those worlds' models."""
+        shape (n_worlds, *field shape); writing it, then :meth:`commit`, changes those
+        worlds' models."""
+
+    def commit(self, fields: Iterable[str], ids: np.ndarray) -> None:
+        """Make what was written into :meth:`model_field` arrays of ``fields`` for worlds
+        ``ids`` reach the simulation (called after the writes, before :meth:`set_const`).
+
+        A backend whose arrays are the simulation's own memory (``mujoco.batch``) has
+        nothing to do; one whose worlds live on a device uploads them here."""
 
     @abstractmethod
     def set_const(self, ids: np.ndarray) -> None:
@@ -163,4 +172,8 @@ class MujocoBatchBackend(SimBackend):
         return moved
 
 
-BACKENDS = {"mujoco_batch": MujocoBatchBackend}
+BACKENDS: dict[str, type[SimBackend]] = {"mujoco_batch": MujocoBatchBackend}
+"""Backends by the name ``BatchedVecEnv``'s ``backend`` and an experiment's ``backend`` take."""
+
+# Registers "warp" (the module imports Warp only when a backend is built).
+import rlsim2real.batched.warp_backend  # noqa: E402,F401

@@ -9,8 +9,9 @@ randomizer hands its world's vector to a :class:`WorldTerms` layer, which only s
 the appliers here then write the vectors of every world that resets, at once:
 
 - :class:`BatchedDynamics`: model fields through :mod:`rlsim2real.mjfields` bindings, each
-  rebuilt from the nominal values (nothing compounds), inertia following mass,
-  ``mj_setConst`` per world where a field needs it;
+  rebuilt from the nominal values (nothing compounds), inertia following mass, committed
+  to the backend (a device backend uploads them), ``mj_setConst`` per world where a field
+  needs it;
 - :class:`BatchedObservationNoise`: ``obs * scale + (std * N(0, 1) + bias)`` per world, noise
   drawn from each world's own stream in blocks, as :class:`ObservationNoise` draws it;
 - :class:`BatchedActionDelay`: a ring buffer per world, as :class:`ActionDelay`'s queue.
@@ -73,7 +74,8 @@ class BatchedDynamics:
 
     Semantics of :class:`~rlsim2real.wrappers.dynamics.DynamicsRandomization`: each field is
     rebuilt from its nominal values term by term (a later term wins where two overlap),
-    scaling a body's mass scales its inertia, ``mj_setConst`` follows fields that need it.
+    scaling a body's mass scales its inertia, the written fields are committed to the
+    backend (:meth:`SimBackend.commit`), ``mj_setConst`` follows fields that need it.
 
     Args:
         backend: The worlds.
@@ -92,6 +94,7 @@ class BatchedDynamics:
             flat = np.arange(int(np.prod(shape)), dtype=np.intp).reshape(shape)[b.index].reshape(-1)
             self._terms[b.field].append((k, b.param.mode, flat, self._nominal[b.field][flat]))
         self._live = {f: backend.model_field(f).reshape(backend.n_worlds, -1) for f in fields}
+        self._fields = tuple(fields)  # what every apply writes, for SimBackend.commit
         # Fields whose terms all scale are rebuilt together in one gather and one
         # multiplication: nominal times a factor per element, taken from the term that writes
         # it last (1 where none does), the same IEEE operation as term by term.
@@ -160,6 +163,7 @@ class BatchedDynamics:
             # Terms of its own first (already written), then the mass ratio.
             inertia = self._inertia[ids] if self._inertia_has_terms else self._nominal_inertia
             self._inertia[ids] = inertia * ratio[:, :, None]
+        self.backend.commit(self._fields, ids)
         if self._set_const:
             const_ids = ids if const_ids is None else const_ids
             if len(const_ids):

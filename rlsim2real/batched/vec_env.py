@@ -40,11 +40,14 @@ class BatchedVecEnv(VecEnv):
         n_envs: Number of worlds.
         seed: World ``i`` samples and resets as a Gymnasium env seeded ``seed + i``.
         distribution: What every world samples first (default: the spec's training box).
-        threads: Simulation threads, the caller's included (0: all CPUs).
-        backend: A name in :data:`~rlsim2real.batched.backend.BACKENDS`.
+        threads: Simulation threads, the caller's included (0: all CPUs; ``mujoco_batch`` only).
+        backend: A name in :data:`~rlsim2real.batched.backend.BACKENDS`: ``"mujoco_batch"``
+            (``mujoco.batch`` on CPU threads) or ``"warp"`` (MuJoCo Warp on a GPU, or on
+            Warp's CPU device where there is none; needs ``pip install "rlsim2real[warp]"``).
 
     Raises:
         SpecError: for an env or setting the batched env does not support.
+        ImportError: for ``backend="warp"`` where ``mujoco_warp`` is not installed.
 
     Example:
         >>> venv = BatchedVecEnv("hopper", n_envs=4, seed=0, threads=1)
@@ -69,6 +72,8 @@ class BatchedVecEnv(VecEnv):
         from rlsim2real.factory import make_env
 
         spec = load_env_spec(spec)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise SpecError(f"{spec.source}: backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
         why = batched_support(spec)
         if why is not None:
             raise SpecError(f"{spec.source}: {why}")
@@ -83,7 +88,11 @@ class BatchedVecEnv(VecEnv):
             raise SpecError(f"{spec.source}: env {spec.env_id!r} with these settings has no batched backend")
         self.spec = spec
         self.max_episode_steps = _time_limit(self._template)
-        self.backend = BACKENDS[backend](base.model, n_envs, threads)
+        try:
+            self.backend = BACKENDS[backend](base.model, n_envs, threads)
+        except BaseException:
+            self._template.close()
+            raise
         self._timestep = self.backend.model_field("opt.timestep")[:, 0]  # per world, live
         action_space = base.action_space
         neutral = np.clip(np.zeros(action_space.shape, dtype=action_space.dtype), action_space.low, action_space.high)
