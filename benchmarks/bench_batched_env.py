@@ -50,7 +50,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
 
 import rlsim2real as rs  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
-from benchmarks.machine import describe, machine  # noqa: E402
+from benchmarks.machine import describe, load_note, machine  # noqa: E402
 from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
 from rlsim2real.batched.randomization import BatchedDynamics  # noqa: E402
@@ -322,15 +322,6 @@ LABELS = {
 }
 
 
-def load_note(res: dict) -> str:
-    load, cores = res["load_average_before"], res["machine"]["cores"]
-    shown = ", ".join(f"{x:.1f}" for x in load)
-    if load[0] > 0.75 * cores:
-        return (f"**The machine was loaded** while this ran (load average {shown} before, on {cores} cores: "
-                "other jobs), so absolute numbers are low and noisy.")
-    return f"The machine was quiet when this started (load average {shown} before, on {cores} cores)."
-
-
 def report(res: dict) -> str:
     rows = "\n".join(
         f"| {LABELS[k]} | {res['median_env_steps_per_s'][k]:,.0f} | "
@@ -366,7 +357,7 @@ Command: `{res['command']}`
 
 {describe(res['machine'])}
 
-{load_note(res)} The contenders ran side by side, alternating every
+{load_note(res['load_average_before'], res['load_average_after'], res['machine']['cores'])} The contenders ran side by side, alternating every
 {res['chunk']} VecEnv steps, and the ratios below are medians of per-round ratios.
 {res['rounds']} rounds of {res['steps_per_round']:,} VecEnv steps ({res['steps_per_round'] * res['n_envs']:,} env steps)
 per contender; random actions, resetting as episodes end. Randomization: {res['randomization']}.
@@ -423,8 +414,9 @@ episodes end at a somewhat different rate, see the episode counts). Random actio
 Hopper episode every {res['n_envs'] * res['steps_per_round'] * res['rounds'] / max(1, sum(res['episodes']['batched_1'])):.0f} steps on average, so a world is reset and
 re-drawn far more often than under a policy that hops: this is the reset-heavy case, and most
 of the randomization code's time (the draws, the model-field writes and `mj_setConst`) is
-spent at resets. On 2 cores that other
-jobs keep busy, a second simulation thread gains little: the threads wait for a core.
+spent at resets. A batch step with two simulation threads ends when both have finished
+theirs: when other jobs keep the cores busy, the second thread often waits for a core and
+gains little.
 """
 
 

@@ -45,7 +45,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize  # noqa
 import rlsim2real as rs  # noqa: E402
 from benchmarks.bench_batched_env import children_cpu  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
-from benchmarks.machine import describe, machine  # noqa: E402
+from benchmarks.machine import describe, load_note, machine  # noqa: E402
 from rlsim2real.agents import RecurrentPPO  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
 from rlsim2real.distributions import BoxDistribution  # noqa: E402
@@ -183,8 +183,6 @@ def report(res: dict) -> str:
         + f" | {c['collect_s_per_rollout']:.2f} | {c['update_s_per_rollout']:.2f} | {c['steps_per_cpu_s']:,.0f} |"
         for k, c in res["contenders"].items()
     )
-    load = ", ".join(f"{x:.1f}" for x in res["load_average_before"])
-    load_after = ", ".join(f"{x:.1f}" for x in res["load_average_after"])
     ratios = "\n".join(
         f"| {label(k)} / MLP PPO on SubprocVecEnv | {v:.2f}x | "
         + " / ".join(f"{x:.2f}" for x in res["ratios_per_round"][k])
@@ -197,8 +195,7 @@ Command: `{res['command']}`
 
 {describe(res['machine'])}
 
-Load average {load} before and {load_after} after, on {res['machine']['cores']} cores shared
-with other jobs: absolute numbers are noisy; the two contenders ran in one process, alternating
+{load_note(res['load_average_before'], res['load_average_after'], res['machine']['cores'])} The two contenders ran in one process, alternating
 round by round (the order reversed every other round), and the ratio is the median of the
 per-round ratios.
 
@@ -221,9 +218,10 @@ CPU-seconds count this process's threads and, for SubprocVecEnv, its worker proc
 steps per CPU-second is the work per step, which other jobs disturb least. The recurrent agent
 does more work per step than the MLP (an LSTM over each sequence in the update, a recurrent
 state carried in collection); the batched env is what pays for it. A batch step with two
-simulation threads ends when both have finished theirs; on 2 cores that other jobs keep busy
-the second thread often waits for a core, which is why the 2-thread contender's rounds swing
-more than the 1-thread one's.
+simulation threads ends when both have finished theirs: when other jobs keep the cores busy,
+the second thread often waits for a core, and the 2-thread contender's rounds swing more than
+the 1-thread one's. The update runs the critic's LSTM on a second thread beside the actor's
+(`parallel_update`, automatic with one torch thread on two or more cores).
 """
 
 

@@ -51,3 +51,17 @@ def describe(m: dict) -> str:
     """One Markdown paragraph naming the machine and versions."""
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items() if val)
     return f"Machine: {m['cpu']}, {m['cores']} cores, {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; Python {m['python']}; {v}."
+
+
+def load_note(before: list[float] | tuple[float, ...], after: list[float] | tuple[float, ...] | None, cores: int) -> str:
+    """One sentence on how busy the machine was, from the load averages around a run.
+
+    The load average counts runnable processes over the last 1, 5 and 15 minutes: other
+    jobs, but also the processes of a benchmark that ran just before (it trails by minutes).
+    """
+    shown = lambda load: ", ".join(f"{x:.1f}" for x in load)  # noqa: E731
+    text = f"Load average {shown(before)} before" + (f" and {shown(after)} after" if after else "") + f", on {cores} cores: "
+    if before[0] > cores:
+        return text + ("**busy** (other jobs, or a benchmark that ran just before, which the average still counts), "
+                       "so absolute numbers are noisy.")
+    return text + "the machine had cores to spare."

@@ -12,7 +12,7 @@ which worlds went unstable. :class:`MujocoBatchBackend` implements it on ``mujoc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import mujoco
 import numpy as np
@@ -172,8 +172,13 @@ class MujocoBatchBackend(SimBackend):
         return moved
 
 
-BACKENDS: dict[str, type[SimBackend]] = {"mujoco_batch": MujocoBatchBackend}
-"""Backends by the name ``BatchedVecEnv``'s ``backend`` and an experiment's ``backend`` take."""
+def _warp_backend(*args, **kwargs) -> SimBackend:
+    # Imported here: the Warp backend builds on this module, not the other way round.
+    from rlsim2real.batched.warp_backend import WarpBackend
 
-# Registers "warp" (the module imports Warp only when a backend is built).
-import rlsim2real.batched.warp_backend  # noqa: E402,F401
+    return WarpBackend(*args, **kwargs)
+
+
+BACKENDS: dict[str, Callable[..., SimBackend]] = {"mujoco_batch": MujocoBatchBackend, "warp": _warp_backend}
+"""Backends by the name ``BatchedVecEnv``'s ``backend`` and an experiment's ``backend`` take
+(each called as ``(model, n_worlds, threads)``)."""

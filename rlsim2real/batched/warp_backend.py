@@ -22,7 +22,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from rlsim2real.batched.backend import BACKENDS, SimBackend
+from rlsim2real.batched.backend import SimBackend
 from rlsim2real.mjfields import field_array
 
 INSTALL_HINT = 'backend "warp" needs the mujoco_warp package, which is not installed: pip install "rlsim2real[warp]"'
@@ -417,5 +417,3 @@ def _device(wp: Any, device: str | None) -> Any:
     except (ValueError, RuntimeError) as exc:
         raise ValueError(f"WarpBackend: unknown Warp device {device!r}: {exc}") from None
 
-
-BACKENDS["warp"] = WarpBackend
