@@ -708,7 +708,7 @@ class TargetSpec:
         return {"set": self.set, "file": str(self.file) if self.file else None, "episodes": self.episodes,
                 "refresh_every": self.refresh_every}
 _EXP_TABLE_KEYS = (
-    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "threads", "backend", "normalize",
+    "name", "env", "agent", "strategy", "timesteps", "seed", "n_envs", "vec_env", "threads", "backend", "backend_options", "normalize",
     "checkpoint_every", "device", "max_episode_steps", "description",
 )
 _EXP_EVAL_KEYS = ("episodes", "sets", "grid", "enabled")
@@ -729,6 +729,7 @@ class ExperimentSpec:
     vec_env: str = "dummy"
     threads: int = 1
     backend: str = "mujoco_batch"
+    backend_options: dict[str, Any] = field(default_factory=dict)
     normalize: bool = True
     checkpoint_every: int = 0
     device: str = "auto"
@@ -767,6 +768,7 @@ class ExperimentSpec:
             # Written only when not the default, so that runs made before backends were
             # selectable still resume.
             **({"backend": self.backend} if self.vec_env == "batched" and self.backend != "mujoco_batch" else {}),
+            **({"backend_options": self.backend_options} if self.backend_options else {}),
             "normalize": self.normalize,
             "checkpoint_every": self.checkpoint_every,
             "device": self.device,
@@ -813,6 +815,13 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     if "threads" in e and vec_env != "batched":
         raise SpecError(f"{f}: experiment.threads: only vec_env = \"batched\" has simulation threads; got vec_env = {vec_env!r}")
     backend = _batched_backend(e, vec_env, f)
+    backend_options: dict[str, Any] = {}
+    if "backend_options" in e:
+        from rlsim2real.batched.backend import check_backend_options
+
+        if vec_env != "batched":
+            raise SpecError(f"{f}: experiment.backend_options: only vec_env = \"batched\" has a simulation backend; got vec_env = {vec_env!r}")
+        backend_options = check_backend_options(backend, e["backend_options"], f"{f}: experiment.backend_options")
     device = e.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")
@@ -846,6 +855,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
         vec_env=vec_env,
         threads=threads,
         backend=backend,
+        backend_options=backend_options,
         normalize=bool(_typed(e.get("normalize", True), bool, f"{f}: experiment.normalize", "true or false")),
         checkpoint_every=_positive_int(e.get("checkpoint_every", 0), f"{f}: experiment.checkpoint_every", allow_zero=True),
         device=device,

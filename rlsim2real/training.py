@@ -60,7 +60,7 @@ def _worker(spec: EnvSpec, seed: int, distribution: Distribution):
 
 def make_vec_env(
     spec: EnvSpec, n_envs: int, seed: int, distribution: Distribution, kind: str = "dummy", reseed: bool = True,
-    threads: int = 1, backend: str = "mujoco_batch",
+    threads: int = 1, backend: str = "mujoco_batch", backend_options: dict[str, Any] | None = None,
 ) -> VecEnv:
     """``n_envs`` randomized workers; worker ``i`` is seeded ``seed + i``.
 
@@ -75,11 +75,13 @@ def make_vec_env(
         reseed: Seed the first reset (``False`` when sampler states are restored instead).
         threads: Simulation threads of a batched env (0: all CPUs).
         backend: Simulation backend of a batched env (``"mujoco_batch"`` or ``"warp"``).
+        backend_options: That backend's options (``warp``: ``device``, ``nconmax``, ``njmax``).
     """
     if kind == "batched":
         from rlsim2real.batched import BatchedVecEnv
 
-        venv = BatchedVecEnv(spec, n_envs, seed=seed, distribution=distribution, threads=threads, backend=backend)
+        venv = BatchedVecEnv(spec, n_envs, seed=seed, distribution=distribution, threads=threads, backend=backend,
+                             backend_options=backend_options)
         if reseed:
             venv.seed(seed)
         return venv
@@ -254,7 +256,7 @@ def _train_logged(spec, run_dir, checkpoint, resume, evaluate, progress_bar, ver
     resumed_samplers = checkpoint is not None and (checkpoint / "samplers.pkl").is_file()
     venv = make_vec_env(
         spec.train_env, spec.n_envs, spec.seed, strategy.distribution, spec.vec_env, reseed=not resumed_samplers,
-        threads=spec.threads, backend=spec.backend,
+        threads=spec.threads, backend=spec.backend, backend_options=spec.backend_options,
     )
     try:
         if resumed_samplers:

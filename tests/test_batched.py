@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import rlsim2real as rs
 from rlsim2real.batched import BatchedVecEnv
+from rlsim2real.batched.backend import check_backend_options
 from rlsim2real.distributions import BoxDistribution, Fixed
 from rlsim2real.params import ParamSpace
 from rlsim2real.runs import Run
@@ -290,6 +291,29 @@ def test_backend_is_a_batched_setting_with_known_names(tmp_path):
     assert spec.backend == "mujoco_batch" and "backend" not in spec.to_dict()  # configs of older runs still match
     with pytest.raises(rs.SpecError, match=r"backend: expected one of mujoco_batch, warp, got 'gpu'"):
         BatchedVecEnv("hopper", 2, backend="gpu")
+
+
+def test_backend_options_are_checked_against_the_backend(tmp_path):
+    exp = tmp_path / "o.toml"
+    for body, match in [
+        ('vec_env = "batched"\nbackend_options = { nconmax = 8 }', "unknown option 'nconmax' for backend 'mujoco_batch'; it takes: none"),
+        ('vec_env = "dummy"\nbackend_options = {}', 'experiment.backend_options: only vec_env = "batched"'),
+        ('vec_env = "batched"\nbackend_options = 3', "experiment.backend_options: expected a table of options"),
+    ]:
+        exp.write_text(f'[experiment]\nenv = "hopper"\n{body}\n')
+        with pytest.raises(rs.SpecError, match=match) as err:
+            rs.load_experiment_spec(exp)
+        assert str(err.value).startswith(str(exp)) and "\n" not in str(err.value)
+    exp.write_text('[experiment]\nenv = "hopper"\nvec_env = "batched"\n')
+    assert "backend_options" not in rs.load_experiment_spec(exp).to_dict()  # configs of older runs still match
+    for options, match in [(dict(nconmax=0), r"backend_options.nconmax: expected contacts per world to allocate, an integer >= 1, got 0"),
+                           (dict(njmax=True), r"backend_options.njmax: expected constraint rows"),
+                           (dict(device=0), r"backend_options.device: expected a Warp device"),
+                           (dict(threads=2), r"unknown option 'threads' for backend 'warp'; it takes: device, nconmax, njmax")]:
+        with pytest.raises(rs.SpecError, match=match):
+            check_backend_options("warp", options, "here: backend_options")
+    with pytest.raises(rs.SpecError, match="backend_options: unknown option 'njmax' for backend 'mujoco_batch'"):
+        BatchedVecEnv("hopper", 2, backend_options=dict(njmax=4))
 
 
 def test_the_warp_backend_without_mujoco_warp_says_how_to_install_it(tmp_path, monkeypatch):

@@ -174,9 +174,22 @@ def test_experiment_backend_setting(tmp_path):
 def test_a_tiny_training_run_on_the_warp_backend(tmp_path):
     exp = tmp_path / "tiny.toml"
     exp.write_text('[experiment]\nenv = "hopper"\ntimesteps = 128\nseed = 1\nn_envs = 4\nvec_env = "batched"\n'
-                   'backend = "warp"\n\n[hyperparameters]\nn_steps = 32\nbatch_size = 64\nn_epochs = 1\n\n'
+                   'backend = "warp"\nbackend_options = { device = "cpu", nconmax = 8, njmax = 40 }\n\n[hyperparameters]\nn_steps = 32\nbatch_size = 64\nn_epochs = 1\n\n'
                    '[evaluation]\nenabled = false\n')
     run = rs.train(exp, out=tmp_path / "run", evaluate=False)
-    assert run.config["backend"] == "warp"
+    assert run.config["backend"] == "warp" and run.config["backend_options"] == dict(device="cpu", nconmax=8, njmax=40)
     rows = (tmp_path / "run" / "logs" / "episodes.csv").read_text().splitlines()
     assert len(rows) > 1 and run.load_model(device="cpu").num_timesteps >= 128
+
+
+def test_backend_options_size_the_buffers_and_an_overflow_says_how_to_raise_them():
+    venv = BatchedVecEnv("hopper", 2, seed=0, backend="warp", backend_options=dict(device="cpu", nconmax=8, njmax=40))
+    assert venv.backend._d.njmax == 40 and venv.backend.device.is_cpu
+    venv.close()
+    venv = BatchedVecEnv("hopper", 2, seed=0, backend="warp", backend_options=dict(device="cpu", njmax=1))
+    venv.seed(0)
+    venv.reset()
+    with pytest.raises(RuntimeError, match=r"overflowed .* backend_options = \{ nconmax = \.\.\., njmax = \.\.\. \}"):
+        for _ in range(50):  # the foot touches the floor: more than one constraint row
+            venv.step(np.zeros((2, 3), dtype=np.float32))
+    venv.close()

@@ -12,7 +12,8 @@ which worlds went unstable. :class:`MujocoBatchBackend` implements it on ``mujoc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -181,4 +182,43 @@ def _warp_backend(*args, **kwargs) -> SimBackend:
 
 BACKENDS: dict[str, Callable[..., SimBackend]] = {"mujoco_batch": MujocoBatchBackend, "warp": _warp_backend}
 """Backends by the name ``BatchedVecEnv``'s ``backend`` and an experiment's ``backend`` take
-(each called as ``(model, n_worlds, threads)``)."""
+(each called as ``(model, n_worlds, threads, **options)``)."""
+
+BACKEND_OPTIONS: dict[str, dict[str, tuple[type, str]]] = {
+    "mujoco_batch": {},
+    "warp": {
+        "device": (str, 'a Warp device: "cuda", "cuda:1" or "cpu"'),
+        "nconmax": (int, "contacts per world to allocate, an integer >= 1"),
+        "njmax": (int, "constraint rows per world to allocate, an integer >= 1"),
+    },
+}
+"""The keyword options each backend takes (``backend_options``), with their type and meaning."""
+
+
+def check_backend_options(backend: str, options: Any, where: str) -> dict[str, Any]:
+    """``options`` for ``backend``, checked: known keys, right types, counts >= 1.
+
+    Args:
+        backend: A name in :data:`BACKENDS`.
+        options: A mapping of option names to values.
+        where: Where they came from, for the message (``"exp.toml: experiment.backend_options"``).
+
+    Returns:
+        A plain dict of the options.
+
+    Raises:
+        SpecError: one line naming the place, the key and what was expected.
+    """
+    from rlsim2real.specs import SpecError
+
+    known = BACKEND_OPTIONS[backend]
+    if not isinstance(options, Mapping):
+        raise SpecError(f"{where}: expected a table of options, got {options!r}")
+    for key, value in options.items():
+        if key not in known:
+            takes = ", ".join(known) if known else "none"
+            raise SpecError(f"{where}: unknown option {key!r} for backend {backend!r}; it takes: {takes}")
+        kind, meaning = known[key]
+        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 1):
+            raise SpecError(f"{where}.{key}: expected {meaning}, got {value!r}")
+    return dict(options)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -24,7 +24,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
-from rlsim2real.batched.backend import BACKENDS
+from rlsim2real.batched.backend import BACKENDS, check_backend_options
 from rlsim2real.batched.randomization import BatchedRandomization
 from rlsim2real.batched.tasks import batched_support, task_for
 from rlsim2real.distributions import Distribution
@@ -44,6 +44,9 @@ class BatchedVecEnv(VecEnv):
         backend: A name in :data:`~rlsim2real.batched.backend.BACKENDS`: ``"mujoco_batch"``
             (``mujoco.batch`` on CPU threads) or ``"warp"`` (MuJoCo Warp on a GPU, or on
             Warp's CPU device where there is none; needs ``pip install "rlsim2real[warp]"``).
+        backend_options: The backend's own options (see
+            :data:`~rlsim2real.batched.backend.BACKEND_OPTIONS`; ``warp``: ``device``,
+            ``nconmax``, ``njmax``).
 
     Raises:
         SpecError: for an env or setting the batched env does not support.
@@ -68,12 +71,14 @@ class BatchedVecEnv(VecEnv):
         distribution: Distribution | None = None,
         threads: int = 1,
         backend: str = "mujoco_batch",
+        backend_options: Mapping[str, Any] | None = None,
     ) -> None:
         from rlsim2real.factory import make_env
 
         spec = load_env_spec(spec)
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise SpecError(f"{spec.source}: backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        options = check_backend_options(backend, backend_options or {}, f"{spec.source}: backend_options")
         why = batched_support(spec)
         if why is not None:
             raise SpecError(f"{spec.source}: {why}")
@@ -89,7 +94,7 @@ class BatchedVecEnv(VecEnv):
         self.spec = spec
         self.max_episode_steps = _time_limit(self._template)
         try:
-            self.backend = BACKENDS[backend](base.model, n_envs, threads)
+            self.backend = BACKENDS[backend](base.model, n_envs, threads, **options)
         except BaseException:
             self._template.close()
             raise

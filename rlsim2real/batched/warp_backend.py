@@ -275,7 +275,8 @@ class WarpBackend(SimBackend):
             raise RuntimeError(
                 f"WarpBackend: world {w} overflowed mujoco_warp's buffers (flags {int(packed[w, nq + nv + 1])}: more "
                 f"than njmax={self._d.njmax} constraint rows or naconmax={self._d.naconmax} contacts), so constraints "
-                f"were dropped; build WarpBackend with larger njmax/nconmax")
+                f"were dropped; give larger ones: backend_options = {{ nconmax = ..., njmax = ... }} in the experiment, "
+                f"BatchedVecEnv(..., backend_options=dict(nconmax=..., njmax=...)) or WarpBackend(..., nconmax=..., njmax=...)")
         if bad.any():
             ids = np.flatnonzero(bad)
             self._reset(ids, np.broadcast_to(self._qpos0, (ids.size, nq)), np.zeros((ids.size, nv)))
