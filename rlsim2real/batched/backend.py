@@ -19,6 +19,8 @@ import mujoco
 import numpy as np
 from mujoco import batch as mj_batch
 
+from rlsim2real.params import SpecError
+
 
 # MuJoCo resets a diverging simulation and counts one of these (other warnings, such as a
 # full contact buffer, are not instability).
@@ -209,8 +211,6 @@ def check_backend_options(backend: str, options: Any, where: str) -> dict[str, A
     Raises:
         SpecError: one line naming the place, the key and what was expected.
     """
-    from rlsim2real.specs import SpecError
-
     known = BACKEND_OPTIONS[backend]
     if not isinstance(options, Mapping):
         raise SpecError(f"{where}: expected a table of options, got {options!r}")
