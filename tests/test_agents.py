@@ -337,6 +337,18 @@ def test_parallel_update_with_a_shared_cnn_and_dann_matches_the_serial_update():
     assert any(not th.equal(p, before[n]) for n, p in parallel.policy.features_extractor.named_parameters())
 
 
+def test_a_saved_model_with_the_critic_thread_loads_and_trains_on_its_own_thread(tmp_path):
+    model, _ = _learned(True, "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=8))
+    model.save(tmp_path / "m.zip")
+    loaded = RecurrentPPO.load(tmp_path / "m.zip", env=model.get_env(), device="cpu")
+    assert loaded.parallel_update is True and "_update_pool" not in loaded.__dict__
+    threads: set[str] = set()
+    loaded.policy.lstm_critic.register_forward_hook(lambda *_: threads.add(threading.current_thread().name))
+    loaded.learn(32, reset_num_timesteps=False)
+    assert any(name.startswith("rlsim2real-critic") for name in threads)
+    assert loaded._update_pool is not model._update_pool
+
+
 def test_parallel_update_settings():
     kwargs = dict(n_steps=16, batch_size=16, seed=0, device="cpu", policy_kwargs=dict(lstm_hidden_size=8))
     with pytest.raises(ValueError, match="critic LSTM of its own"):

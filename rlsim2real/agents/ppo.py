@@ -437,6 +437,13 @@ class RecurrentPPO(_SB3RecurrentPPO):
             and self.policy.branches_apart()
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The critic's thread is this process's own: a copy or a pickle of the model starts
+        # its own at its first update.
+        state = self.__dict__.copy()
+        state.pop("_update_pool", None)
+        return state
+
     def _branch_pool(self) -> ThreadPoolExecutor:
         pool = self.__dict__.get("_update_pool")
         if pool is None:
