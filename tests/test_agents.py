@@ -497,15 +497,22 @@ def test_cnn_policy_with_dann_learns_a_few_steps():
 def test_learns_inverted_pendulum(dann):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
 
-    env = make_vec_env("InvertedPendulum-v5", n_envs=4, seed=0)
-    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=256, batch_size=256, n_epochs=10, learning_rate=1e-3, seed=0,
-                         device="cpu", policy_kwargs=dict(lstm_hidden_size=64), dann=dict(enabled=dann, weight=0.05))
+    # The quickstart preset's settings (normalized observations and rewards, as every
+    # experiment trains), without randomization.
+    env = VecNormalize(make_vec_env("InvertedPendulum-v5", n_envs=4, seed=0))
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=256, batch_size=256, n_epochs=5, learning_rate=3e-4, seed=0,
+                         device="cpu", policy_kwargs=dict(lstm_hidden_size=64, net_arch=dict(pi=[64], vf=[64])),
+                         dann=dict(enabled=dann, weight=0.05))
     if dann:
         model.set_target_observations(np.random.default_rng(0).normal(0, 0.1, size=(1024, 4)).astype(np.float32))
-    model.learn(60_000)
-    mean_return, _ = evaluate_policy(model, make_vec_env("InvertedPendulum-v5", n_envs=1, seed=1), n_eval_episodes=5)
-    assert mean_return > 500
+    model.learn(80_000)
+    test_env = VecNormalize(make_vec_env("InvertedPendulum-v5", n_envs=1, seed=1), training=False, norm_reward=False)
+    test_env.obs_rms = env.obs_rms
+    mean_return, _ = evaluate_policy(model, test_env, n_eval_episodes=5)
+    # A random policy balances for about 5-40 steps; the ceiling is 1000.
+    assert mean_return > 900
 
 
 def test_image_batches_reach_the_cnn_channels_last_with_the_same_features():
