@@ -620,6 +620,7 @@ def algorithm_class(algorithm: str) -> type:
 _POSITIVE_INTS = ("n_steps", "batch_size", "n_epochs")
 _UNIT_INTERVAL = ("gamma", "gae_lambda")
 _NONNEGATIVE = ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm")
+_BOOLEANS = ("parallel_update", "normalize_advantage")
 _RUNNER_OWNED = ("policy", "env", "policy_kwargs", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model")
 
 
@@ -648,6 +649,8 @@ def check_hyperparameters(algorithm: str, hyper: Mapping[str, Any], where: str) 
             raise SpecError(f"{where}.{key}: expected a number in (0, 1], got {value!r}")
         if key in _NONNEGATIVE and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise SpecError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+        if key in _BOOLEANS and not isinstance(value, bool):
+            raise SpecError(f"{where}.{key}: expected true or false, got {value!r}")
 
 
 def load_agent_spec(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> AgentSpec:

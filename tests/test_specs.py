@@ -172,6 +172,16 @@ def test_agent_spec_unknown_hyperparameter(tmp_path):
     spec_error(load_agent_spec, path, "hyperparameters", "'n_step'", "expected one of", "n_steps")
 
 
+def test_agent_spec_parallel_update_is_a_checked_recurrent_ppo_setting(tmp_path):
+    recurrent = AGENT_SPEC.replace('"ppo"', '"recurrent_ppo"')
+    path = write(tmp_path, "agent.toml", recurrent + 'parallel_update = "yes"\n')
+    spec_error(load_agent_spec, path, "hyperparameters.parallel_update", "expected true or false", "'yes'")
+    path = write(tmp_path, "agent.toml", recurrent + "parallel_update = false\n")
+    assert load_agent_spec(path).hyperparameters["parallel_update"] is False
+    path = write(tmp_path, "agent.toml", AGENT_SPEC + "parallel_update = false\n")  # SB3's PPO has no such thing
+    spec_error(load_agent_spec, path, "'parallel_update'", "expected one of")
+
+
 def test_agent_spec_unknown_algorithm(tmp_path):
     path = write(tmp_path, "agent.toml", AGENT_SPEC.replace('"ppo"', '"sac"'))
     spec_error(load_agent_spec, path, "agent.algorithm", "'sac'", "recurrent_ppo, ppo")
