@@ -5,7 +5,9 @@ project's RecurrentPPO with an LSTM of ``--hidden`` units, ``--n-steps`` steps p
 minibatches of ``--batch`` rows. Each device gets its own model of the same seed; they are
 interleaved round by round (cpu, cuda, cpu, cuda, ...) in one process, and a callback splits
 each ``learn`` into rollout collection and the update. The first round of each is a warm-up.
-Then the batched env alone, random actions, at 1 thread and at every core, side by side.
+Then the batched env alone, random actions, at 1 thread and at every core, side by side; and,
+where ``mujoco_warp`` is installed (``pip install "rlsim2real[warp]"``), the batched env on the
+MuJoCo Warp backend (on the GPU where Warp sees one) at ``--warp-worlds`` worlds.
 
     python benchmarks/bench_gpu.py                       # on a GPU machine, a few minutes
     python benchmarks/bench_gpu.py --devices cpu --quick --no-write   # a dry run anywhere
@@ -86,6 +88,31 @@ def env_alone(args: argparse.Namespace, thread_counts: list[int]) -> dict:
     return {str(t): args.env_steps * args.worlds / s for t, s in seconds.items()}
 
 
+def warp_alone(args: argparse.Namespace) -> dict:
+    """Env steps/s of the batched env on the Warp backend at each of ``args.warp_worlds``
+    (after one step that compiles or loads the kernels and captures the graphs)."""
+    import rlsim2real as rs
+    from rlsim2real.batched import BatchedVecEnv
+
+    spec = rs.load_env_spec("hopper")
+    out = {}
+    for n in args.warp_worlds:
+        venv = BatchedVecEnv(spec, n, seed=args.seed, backend="warp")
+        actions = np.random.default_rng(0).uniform(-1, 1, (args.env_steps + 1, n, 3)).astype(np.float32)
+        venv.reset()
+        t0 = time.perf_counter()
+        venv.step(actions[0])
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for a in actions[1:]:
+            venv.step(a)
+        seconds = time.perf_counter() - t0
+        out[str(n)] = {"device": str(venv.backend.device), "env_steps_per_s": args.env_steps * n / seconds,
+                       "first_step_s": first}
+        venv.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
@@ -97,6 +124,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rollouts", type=int, default=1, help="rollouts per device and round")
     parser.add_argument("--env-steps", type=int, default=1000, help="VecEnv steps of the env-alone measure")
+    parser.add_argument("--warp-worlds", type=int, nargs="+", default=[256, 4096],
+                        help="worlds of the Warp-backend measure (run where mujoco_warp is installed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--no-write", action="store_true")
@@ -106,14 +135,18 @@ def main() -> None:
                          "or --devices cpu for a dry run)")
     if args.quick:
         args.worlds, args.hidden, args.n_steps, args.batch, args.rounds, args.env_steps = 16, 32, 16, 64, 1, 100
+        args.warp_worlds = [16]
     cores = os.cpu_count() or 1
     th.set_num_threads(cores)  # the CPU update gets the whole machine, as a user's would
     start = time.time()
     train = training(args, threads=cores)
     env = env_alone(args, sorted({1, cores}))
+    from rlsim2real.batched.warp_backend import warp_available
+
+    warp = warp_alone(args) if warp_available() else None
     command = "python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:])
     data = {"command": command, "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "no_write"},
-            "training": train, "batched_env_steps_per_s": env, "wall_seconds": round(time.time() - start, 1)}
+            "training": train, "batched_env_steps_per_s": env, "warp_env": warp, "wall_seconds": round(time.time() - start, 1)}
     lines = [f"# Large configuration: {args.worlds} Hopper worlds, LSTM {args.hidden}, minibatch {args.batch}", "",
              f"Command: `{command}`", "", describe(data["machine"]), "",
              f"{args.n_steps} steps per world and rollout ({args.worlds * args.n_steps:,} rows), {args.epochs} epochs, "
@@ -129,6 +162,13 @@ def main() -> None:
                       f"end to end {g['env_steps_per_s'] / train['cpu']['env_steps_per_s']:.2f}x."]
     lines += ["", "The batched env alone (random actions, resets as episodes end):", "", "| threads | env steps/s |", "|---:|---:|"]
     lines += [f"| {t} | {v:,.0f} |" for t, v in env.items()]
+    if warp is None:
+        lines += ["", "The Warp backend was not measured: mujoco_warp is not installed here."]
+    else:
+        lines += ["", "The batched env on the MuJoCo Warp backend (random actions; its first step, which compiles or loads "
+                      "the kernels and captures the graphs, is timed apart):", "",
+                  "| worlds | Warp device | env steps/s | first step s |", "|---:|---|---:|---:|"]
+        lines += [f"| {n} | {r['device']} | {r['env_steps_per_s']:,.0f} | {r['first_step_s']:.1f} |" for n, r in warp.items()]
     md = "\n".join(lines) + "\n"
     print(md)
     if not args.no_write:
