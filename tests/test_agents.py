@@ -322,6 +322,19 @@ def test_parallel_update_gives_the_serial_update_bit_for_bit(env_id):
         assert parallel.logger.name_to_value[key] == serial.logger.name_to_value[key], key
 
 
+@pytest.mark.parametrize("share", [False, True])
+def test_parallel_update_through_trainable_encoders_gives_the_serial_update_bit_for_bit(share):
+    # Each branch starts from its own copy of the features; the encoder then gets the sum of
+    # the two branches' gradients (a + b: the same in either order).
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2,
+                  policy_kwargs=dict(lstm_hidden_size=16, features_extractor_class=_TinyEncoder, share_features_extractor=share))
+    serial, _ = _learned(False, "Pendulum-v1", **kwargs)
+    parallel, _ = _learned(True, "Pendulum-v1", **kwargs)
+    theirs = dict(serial.policy.named_parameters())
+    for name, param in parallel.policy.named_parameters():
+        assert th.equal(param, theirs[name]), name
+
+
 def test_parallel_update_with_a_shared_cnn_and_dann_matches_the_serial_update():
     # The CNN is trained by both branches and by DANN: its gradient is the same sum, added in
     # another order, so the parameters agree to float rounding.
