@@ -75,7 +75,7 @@ def make_vec_env(
         reseed: Seed the first reset (``False`` when sampler states are restored instead).
         threads: Simulation threads of a batched env (0: all CPUs).
         backend: Simulation backend of a batched env (``"mujoco_batch"`` or ``"warp"``).
-        backend_options: That backend's options (``warp``: ``device``, ``nconmax``, ``njmax``).
+        backend_options: That backend's options (``warp``: ``device``, ``nconmax``, ``njmax``, ``deterministic``).
     """
     if kind == "batched":
         from rlsim2real.batched import BatchedVecEnv

@@ -309,7 +309,8 @@ def test_backend_options_are_checked_against_the_backend(tmp_path):
     for options, match in [(dict(nconmax=0), r"backend_options.nconmax: expected contacts per world to allocate, an integer >= 1, got 0"),
                            (dict(njmax=True), r"backend_options.njmax: expected constraint rows"),
                            (dict(device=0), r"backend_options.device: expected a Warp device"),
-                           (dict(threads=2), r"unknown option 'threads' for backend 'warp'; it takes: device, nconmax, njmax")]:
+                           (dict(deterministic=1), r"backend_options.deterministic: expected true or false"),
+                           (dict(threads=2), r"unknown option 'threads' for backend 'warp'; it takes: device, nconmax, njmax, deterministic")]:
         with pytest.raises(rs.SpecError, match=match):
             check_backend_options("warp", options, "here: backend_options")
     with pytest.raises(rs.SpecError, match="backend_options: unknown option 'njmax' for backend 'mujoco_batch'"):

@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-pytest.importorskip("mujoco_warp", reason='the Warp backend needs mujoco_warp: pip install "rlsim2real[warp]"')
+mujoco_warp = pytest.importorskip("mujoco_warp", reason='the Warp backend needs mujoco_warp: pip install "rlsim2real[warp]"')
 
 from stable_baselines3.common.monitor import Monitor  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
@@ -29,12 +29,14 @@ pytestmark = pytest.mark.warp
 ATOL = 1e-4
 
 
-@pytest.mark.parametrize("real_set", ["nominal", "in_range"])
-def test_matches_the_gymnasium_envs_within_float32_tolerance(real_set):
+@pytest.mark.parametrize("real_set, deterministic", [("nominal", False), ("in_range", False), ("in_range", True)])
+def test_matches_the_gymnasium_envs_within_float32_tolerance(real_set, deterministic):
+    # deterministic: mujoco_warp's deterministic kernels (contact sort, canonical constraint
+    # rows, invariant atomics) compute the same physics.
     spec = rs.load_env_spec("hopper")
     n = 3
     ref = DummyVecEnv([lambda i=i: Monitor(rs.make_real_env(spec, real_set, seed=10 + i)) for i in range(n)])
-    warp = BatchedVecEnv(spec, n, seed=10, backend="warp")
+    warp = BatchedVecEnv(spec, n, seed=10, backend="warp", backend_options=dict(deterministic=deterministic))
     warp.env_method("pin", {} if real_set == "nominal" else spec.real_set(real_set))
     ref.seed(10), warp.seed(10)
     episodes = assert_same_run(ref, warp, random_actions(ref.action_space, n, 80), atol=ATOL)
@@ -183,8 +185,10 @@ def test_a_tiny_training_run_on_the_warp_backend(tmp_path):
 
 
 def test_backend_options_size_the_buffers_and_an_overflow_says_how_to_raise_them():
-    venv = BatchedVecEnv("hopper", 2, seed=0, backend="warp", backend_options=dict(device="cpu", nconmax=8, njmax=40))
+    venv = BatchedVecEnv("hopper", 2, seed=0, backend="warp",
+                         backend_options=dict(device="cpu", nconmax=8, njmax=40, deterministic=True))
     assert venv.backend._d.njmax == 40 and venv.backend.device.is_cpu
+    assert venv.backend._m.opt.deterministic == int(mujoco_warp.DeterminismType.ALL)
     venv.close()
     venv = BatchedVecEnv("hopper", 2, seed=0, backend="warp", backend_options=dict(device="cpu", njmax=1))
     venv.seed(0)

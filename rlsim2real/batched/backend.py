@@ -192,6 +192,7 @@ BACKEND_OPTIONS: dict[str, dict[str, tuple[type, str]]] = {
         "device": (str, 'a Warp device: "cuda", "cuda:1" or "cpu"'),
         "nconmax": (int, "contacts per world to allocate, an integer >= 1"),
         "njmax": (int, "constraint rows per world to allocate, an integer >= 1"),
+        "deterministic": (bool, "true or false (mujoco_warp's deterministic execution: the same run from the same seed on a GPU)"),
     },
 }
 """The keyword options each backend takes (``backend_options``), with their type and meaning."""
@@ -219,6 +220,6 @@ def check_backend_options(backend: str, options: Any, where: str) -> dict[str, A
             takes = ", ".join(known) if known else "none"
             raise SpecError(f"{where}: unknown option {key!r} for backend {backend!r}; it takes: {takes}")
         kind, meaning = known[key]
-        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 1):
+        if (isinstance(value, bool) != (kind is bool)) or not isinstance(value, kind) or (kind is int and value < 1):
             raise SpecError(f"{where}.{key}: expected {meaning}, got {value!r}")
     return dict(options)

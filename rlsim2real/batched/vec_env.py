@@ -46,7 +46,7 @@ class BatchedVecEnv(VecEnv):
             Warp's CPU device where there is none; needs ``pip install "rlsim2real[warp]"``).
         backend_options: The backend's own options (see
             :data:`~rlsim2real.batched.backend.BACKEND_OPTIONS`; ``warp``: ``device``,
-            ``nconmax``, ``njmax``).
+            ``nconmax``, ``njmax``, ``deterministic``).
 
     Raises:
         SpecError: for an env or setting the batched env does not support.

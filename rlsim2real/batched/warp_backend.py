@@ -164,6 +164,9 @@ class WarpBackend(SimBackend):
             Warp sees one, else ``"cpu"``.
         nconmax: Contacts per world to allocate (default: mujoco_warp's estimate for the model).
         njmax: Constraint rows per world to allocate (default: mujoco_warp's estimate).
+        deterministic: mujoco_warp's deterministic execution (stable contact order, canonical
+            constraint rows, order-invariant atomic sums): on a GPU the same seed then gives
+            the same run; slower. Warp's CPU device is deterministic either way.
 
     Raises:
         ImportError: where ``mujoco_warp`` is not installed (the message says how to install it).
@@ -185,7 +188,7 @@ class WarpBackend(SimBackend):
 
     def __init__(
         self, model: mujoco.MjModel, n_worlds: int, threads: int = 1, device: str | None = None,
-        nconmax: int | None = None, njmax: int | None = None,
+        nconmax: int | None = None, njmax: int | None = None, deterministic: bool = False,
     ) -> None:
         wp, mjw = import_warp()
         self._wp, self._mjw = wp, mjw
@@ -204,6 +207,8 @@ class WarpBackend(SimBackend):
                 self._m = mjw.put_model(model)
             except (NotImplementedError, ValueError) as exc:
                 raise ValueError(f"WarpBackend: mujoco_warp cannot run this model: {exc}") from None
+            if deterministic:  # read when the steps are built (and captured), so set first
+                self._m.opt.deterministic = int(mjw.DeterminismType.ALL)
             data = mujoco.MjData(model)
             mujoco.mj_forward(model, data)
             self._d = mjw.put_data(model, data, nworld=self.n_worlds, nconmax=nconmax, njmax=njmax)
