@@ -218,6 +218,12 @@ class FastRecurrentPolicyMixin:
             return super().extract_features(obs)
         return super().extract_features(obs, features_extractor)
 
+    def branch_features(self, obs: Any) -> tuple[th.Tensor, th.Tensor]:
+        """The actor's and the critic's features of ``obs`` (one tensor twice when the
+        features extractor is shared; ``extract_features`` gives a pair otherwise)."""
+        features = self.extract_features(obs)
+        return (features, features) if self.share_features_extractor else features
+
     def encode(self, obs: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
         """Actor features-extractor output (the encoder DANN aligns).
 
@@ -261,8 +267,7 @@ class FastRecurrentPolicyMixin:
             rows_of = lambda x: x.index_select(0, rows)  # noqa: E731
             obs = {k: rows_of(v) for k, v in obs.items()} if isinstance(obs, dict) else rows_of(obs)
             return self.evaluate_sequences(obs, rows_of(actions), states, plan)
-        features = self.extract_features(obs)
-        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        pi_features, vf_features = self.branch_features(obs)
         latent_pi = _run_sequence(pi_features, lstm_states.pi, episode_starts, self.lstm_actor)[0]
         if self.lstm_critic is not None:
             latent_vf = _run_sequence(vf_features, lstm_states.vf, episode_starts, self.lstm_critic)[0]
@@ -290,8 +295,7 @@ class FastRecurrentPolicyMixin:
         Returns:
             The :class:`EvaluatedActions`, one row per real row.
         """
-        features = self.extract_features(obs)
-        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        pi_features, vf_features = self.branch_features(obs)
         latent_pi = run_planned(pi_features, lstm_states.pi, self.lstm_actor, plan)
         if self.lstm_critic is not None:
             latent_vf = run_planned(vf_features, lstm_states.vf, self.lstm_critic, plan)

@@ -147,7 +147,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
             n_envs=self.n_envs,
         )
         self._dann = DannUpdater(self, self.dann_config) if self.dann_config.enabled else None
-        if getattr(self, "parallel_update", None) and not (isinstance(self.policy, FastRecurrentPolicyMixin) and self.policy.branches_apart()):
+        if self.parallel_update and not (isinstance(self.policy, FastRecurrentPolicyMixin) and self.policy.branches_apart()):
             raise ValueError(
                 "parallel_update=True needs a critic LSTM of its own (enable_critic_lstm=True, "
                 "shared_lstm=False) and actor and critic heads that share no parameter"
@@ -364,8 +364,7 @@ class RecurrentPPO(_SB3RecurrentPPO):
         two (or three, with DANN) contributions are added may differ.
         """
         policy = self.policy
-        features = policy.extract_features(batch.observations)
-        pi_features, vf_features = (features, features) if policy.share_features_extractor else features
+        pi_features, vf_features = policy.branch_features(batch.observations)
         pi_in, vf_in = _branch_input(pi_features), _branch_input(vf_features)
 
         def critic() -> th.Tensor:

@@ -154,8 +154,7 @@ class RolloutKernel:
         if self.flat_obs:
             pi_features = vf_features = obs.float().flatten(1)
         else:
-            features = policy.extract_features(obs)
-            pi_features, vf_features = (features, features) if policy.share_features_extractor else features
+            pi_features, vf_features = policy.branch_features(obs)
         # Multiplying by 1.0 is exact, so skipping the mask when nothing resets changes nothing.
         keep = (1.0 - episode_starts).view(1, -1, 1) if any_start else None
         latent_pi, states_pi = _lstm_step(pi_features, lstm_states.pi, keep, self.actor)
