@@ -817,14 +817,7 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     threads = _positive_int(e.get("threads", 1), f"{f}: experiment.threads", allow_zero=True)
     if "threads" in e and vec_env != "batched":
         raise SpecError(f"{f}: experiment.threads: only vec_env = \"batched\" has simulation threads; got vec_env = {vec_env!r}")
-    backend = _batched_backend(e, vec_env, f)
-    backend_options: dict[str, Any] = {}
-    if "backend_options" in e:
-        from rlsim2real.batched.backend import check_backend_options
-
-        if vec_env != "batched":
-            raise SpecError(f"{f}: experiment.backend_options: only vec_env = \"batched\" has a simulation backend; got vec_env = {vec_env!r}")
-        backend_options = check_backend_options(backend, e["backend_options"], f"{f}: experiment.backend_options")
+    backend, backend_options = _batched_backend(e, vec_env, f)
     device = e.get("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise SpecError(f"{f}: experiment.device: expected auto, cpu or cuda, got {device!r}")
@@ -870,15 +863,17 @@ def load_experiment_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
     )
 
 
-def _batched_backend(e: dict[str, Any], vec_env: str, f: str) -> str:
-    """``[experiment] backend``: a name in the batched env's BACKENDS, with vec_env = "batched" only."""
-    if "backend" not in e:
-        return "mujoco_batch"
-    from rlsim2real.batched.backend import BACKENDS
-
-    backend = e["backend"]
+def _batched_backend(e: dict[str, Any], vec_env: str, f: str) -> tuple[str, dict[str, Any]]:
+    """``[experiment] backend`` (a name in the batched env's BACKENDS) and
+    ``backend_options`` (that backend's own options), with vec_env = "batched" only."""
+    keys = [key for key in ("backend", "backend_options") if key in e]
+    if not keys:
+        return "mujoco_batch", {}
     if vec_env != "batched":
-        raise SpecError(f"{f}: experiment.backend: only vec_env = \"batched\" has a simulation backend; got vec_env = {vec_env!r}")
+        raise SpecError(f"{f}: experiment.{keys[0]}: only vec_env = \"batched\" has a simulation backend; got vec_env = {vec_env!r}")
+    from rlsim2real.batched.backend import BACKENDS, check_backend_options
+
+    backend = e.get("backend", "mujoco_batch")
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise SpecError(f"{f}: experiment.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "warp":
@@ -886,7 +881,7 @@ def _batched_backend(e: dict[str, Any], vec_env: str, f: str) -> str:
 
         if not warp_available():
             raise SpecError(f"{f}: experiment.backend: {INSTALL_HINT}")
-    return backend
+    return backend, check_backend_options(backend, e.get("backend_options", {}), f"{f}: experiment.backend_options")
 
 
 def _parse_strategy(shorthand: Any, table: Any, f: str, env: EnvSpec) -> tuple[str, dict[str, Any]]:
