@@ -50,13 +50,13 @@ from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
 
 import rlsim2real as rs  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
+from benchmarks.bench_env_throughput import SENSOR_RANGES, full_stack  # noqa: E402
 from benchmarks.machine import describe, load_note, machine  # noqa: E402
 from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
 from rlsim2real.batched.randomization import BatchedDynamics  # noqa: E402
 from rlsim2real.training import _worker, make_vec_env  # noqa: E402
 
-SENSOR_RANGES = {"obs_noise": (0.01, 0.05), "obs_bias": (0.05, 0.1), "obs_scale": (1.05, 1.2), "action_delay": (1.0, 2.0)}
 GOALS = {"batched_2_over_subproc": 2.5, "batched_over_bare": 0.85, "randomization_cost": 0.05}
 
 
@@ -175,8 +175,7 @@ def main() -> None:
     load_before = os.getloadavg()
 
     spec = rs.load_env_spec("hopper")
-    held = [spec.heldout_params[name].with_range(*SENSOR_RANGES[name]) for name in SENSOR_RANGES]
-    dist = BoxDistribution(ParamSpace([*spec.params, *held]))
+    dist = full_stack(spec)
     plain = replace(spec, params=ParamSpace(), heldout_params=ParamSpace())
     envs = {
         "batched_1": BatchedVecEnv(spec, n, seed=0, distribution=dist, threads=1),

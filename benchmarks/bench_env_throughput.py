@@ -45,11 +45,16 @@ from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 SENSOR_RANGES = {"obs_noise": (0.01, 0.05), "obs_bias": (0.05, 0.1), "obs_scale": (1.05, 1.2), "action_delay": (1.0, 2.0)}
 
 
+def full_stack(spec) -> BoxDistribution:
+    """The spec's training box with the held-out sensor terms of :data:`SENSOR_RANGES` added
+    (what the throughput benchmarks randomize)."""
+    held = [spec.heldout_params[name].with_range(*SENSOR_RANGES[name]) for name in SENSOR_RANGES]
+    return BoxDistribution(ParamSpace([*spec.params, *held]))
+
+
 def full_stack_env(seed: int) -> gym.Env:
     spec = rs.load_env_spec("hopper")
-    held = [spec.heldout_params[name].with_range(*SENSOR_RANGES[name]) for name in SENSOR_RANGES]
-    dist = BoxDistribution(ParamSpace([*spec.params, *held]))
-    return rs.make_env(spec, seed=seed, distribution=dist)
+    return rs.make_env(spec, seed=seed, distribution=full_stack(spec))
 
 
 class Runner:

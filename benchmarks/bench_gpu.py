@@ -88,29 +88,16 @@ def env_alone(args: argparse.Namespace, thread_counts: list[int]) -> dict:
     return {str(t): args.env_steps * args.worlds / s for t, s in seconds.items()}
 
 
-def warp_alone(args: argparse.Namespace) -> dict:
-    """Env steps/s of the batched env on the Warp backend at each of ``args.warp_worlds``
-    (after one step that compiles or loads the kernels and captures the graphs)."""
+def warp_alone(args: argparse.Namespace) -> list[dict]:
+    """The batched env on the Warp backend against ``mujoco.batch`` (``bench_warp.measure``:
+    full randomization, side by side, first step apart) at each of ``args.warp_worlds``."""
     import rlsim2real as rs
-    from rlsim2real.batched import BatchedVecEnv
+    from benchmarks.bench_env_throughput import full_stack
+    from benchmarks.bench_warp import measure
 
     spec = rs.load_env_spec("hopper")
-    out = {}
-    for n in args.warp_worlds:
-        venv = BatchedVecEnv(spec, n, seed=args.seed, backend="warp")
-        actions = np.random.default_rng(0).uniform(-1, 1, (args.env_steps + 1, n, 3)).astype(np.float32)
-        venv.reset()
-        t0 = time.perf_counter()
-        venv.step(actions[0])
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for a in actions[1:]:
-            venv.step(a)
-        seconds = time.perf_counter() - t0
-        out[str(n)] = {"device": str(venv.backend.device), "env_steps_per_s": args.env_steps * n / seconds,
-                       "first_step_s": first}
-        venv.close()
-    return out
+    rounds = argparse.Namespace(rounds=args.rounds, steps=args.env_steps, chunk=50)
+    return [measure(spec, full_stack(spec), n, rounds) for n in args.warp_worlds]
 
 
 def main() -> None:
@@ -165,10 +152,14 @@ def main() -> None:
     if warp is None:
         lines += ["", "The Warp backend was not measured: mujoco_warp is not installed here."]
     else:
-        lines += ["", "The batched env on the MuJoCo Warp backend (random actions; its first step, which compiles or loads "
-                      "the kernels and captures the graphs, is timed apart):", "",
-                  "| worlds | Warp device | env steps/s | first step s |", "|---:|---|---:|---:|"]
-        lines += [f"| {n} | {r['device']} | {r['env_steps_per_s']:,.0f} | {r['first_step_s']:.1f} |" for n, r in warp.items()]
+        lines += ["", "The batched env on the MuJoCo Warp backend against `mujoco.batch` on 1 thread (full randomization, "
+                      "random actions, side by side; Warp's first step, which compiles or loads the kernels and captures "
+                      "the graphs, is timed apart):", "",
+                  "| worlds | Warp device | warp env steps/s | mujoco_batch env steps/s | warp / mujoco_batch | first step s |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['n_envs']} | {r['warp_device']} | {r['median_env_steps_per_s']['warp']:,.0f} | "
+                  f"{r['median_env_steps_per_s']['mujoco_batch']:,.0f} | {r['warp_over_mujoco_batch']:.2f}x | "
+                  f"{r['first_step_s']['warp']:.1f} |" for r in warp]
     md = "\n".join(lines) + "\n"
     print(md)
     if not args.no_write:

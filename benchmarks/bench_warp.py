@@ -35,12 +35,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 import rlsim2real as rs  # noqa: E402
+from benchmarks.bench_env_throughput import SENSOR_RANGES, full_stack  # noqa: E402
 from benchmarks.machine import describe, machine  # noqa: E402
-from rlsim2real import BoxDistribution, ParamSpace  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
 
-SENSOR_RANGES = {"obs_noise": (0.01, 0.05), "obs_bias": (0.05, 0.1), "obs_scale": (1.05, 1.2), "action_delay": (1.0, 2.0)}
 
 
 def run_chunk(env: BatchedVecEnv, actions: np.ndarray) -> tuple[float, float, int]:
@@ -111,8 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     spec = rs.load_env_spec("hopper")
-    held = [spec.heldout_params[name].with_range(*SENSOR_RANGES[name]) for name in SENSOR_RANGES]
-    dist = BoxDistribution(ParamSpace([*spec.params, *held]))
+    dist = full_stack(spec)
     runs = [measure(spec, dist, n, args) for n in args.n_envs]
     info = machine()
     for name in ("warp-lang", "mujoco-warp"):
