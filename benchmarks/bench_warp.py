@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 import rlsim2real as rs  # noqa: E402
 from benchmarks.bench_env_throughput import SENSOR_RANGES, full_stack  # noqa: E402
-from benchmarks.machine import describe, machine  # noqa: E402
+from benchmarks.machine import describe, load_note, machine  # noqa: E402
 from rlsim2real.batched import BatchedVecEnv  # noqa: E402
 from rlsim2real.io import write_json, write_text  # noqa: E402
 
@@ -143,14 +143,13 @@ def report(res: dict) -> str:
         f"{r['first_step_s']['warp']:.1f} s | {r['episodes']['mujoco_batch']:,} / {r['episodes']['warp']:,} |"
         for r in res["runs"]
     )
-    load = ", ".join(f"{x:.1f}" for x in res["load_average_before"])
     return f"""# Batched env on its two backends: mujoco_batch and warp, Hopper-v5
 
 Command: `{res['command']}`
 
 {describe(res['machine'])}
 
-Load average {load} before the run. {res['rounds']} rounds of {res['steps_per_round']:,} VecEnv steps per
+{load_note(res['load_average_before'], res['load_average_after'], res['machine']['cores'])} {res['rounds']} rounds of {res['steps_per_round']:,} VecEnv steps per
 contender, alternating every {res['chunk']} steps; random actions, resetting as episodes end.
 Randomization: {res['randomization']}. Steps/s are env steps (VecEnv steps x worlds), medians over rounds.
 
