@@ -350,6 +350,16 @@ def test_parallel_update_with_a_shared_cnn_and_dann_matches_the_serial_update():
     assert any(not th.equal(p, before[n]) for n, p in parallel.policy.features_extractor.named_parameters())
 
 
+def test_the_critic_thread_uses_the_callers_torch_thread_count(monkeypatch):
+    # A new thread's OpenMP team (MKL's and oneDNN's kernels) spans all the cores unless it is
+    # told otherwise; the critic's kernels would then spread over the core the actor's use.
+    calls: list[tuple[str, int]] = []
+    set_num_threads = th.set_num_threads
+    monkeypatch.setattr(th, "set_num_threads", lambda n: (calls.append((threading.current_thread().name, n)), set_num_threads(n)))
+    _learned(True, "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=8))
+    assert [n for name, n in calls if name.startswith("rlsim2real-critic")] == [th.get_num_threads()]
+
+
 def test_a_saved_model_with_the_critic_thread_loads_and_trains_on_its_own_thread(tmp_path):
     model, _ = _learned(True, "CartPole-v1", n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=8))
     model.save(tmp_path / "m.zip")

@@ -446,7 +446,12 @@ class RecurrentPPO(_SB3RecurrentPPO):
     def _branch_pool(self) -> ThreadPoolExecutor:
         pool = self.__dict__.get("_update_pool")
         if pool is None:
-            pool = self._update_pool = ThreadPoolExecutor(1, thread_name_prefix="rlsim2real-critic")
+            # A new thread's intra-op thread count (OpenMP's, under MKL and oneDNN) is not this
+            # one's but all the cores'; left so, the critic's kernels spread over the core the
+            # actor's are using, and the two branches no longer run side by side.
+            pool = self._update_pool = ThreadPoolExecutor(
+                1, thread_name_prefix="rlsim2real-critic", initializer=th.set_num_threads, initargs=(th.get_num_threads(),)
+            )
         return pool
 
     def _record_train_logs(self, stats, approx_kl_divs, loss, clip_range, clip_range_vf) -> None:
