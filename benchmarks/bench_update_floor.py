@@ -1,9 +1,10 @@
 """Where the recurrent update's time goes, against the floor its LSTM kernels set (Hopper-v5).
 
 For each configuration of ``bench_agent_throughput.py`` (sb3-contrib's defaults at one env;
-8 envs), sb3-contrib's RecurrentPPO and ours each collect a few rollouts; then ``train()``
-runs again and again on the last rollout, the variants interleaved round by round. Per
-gradient step (one minibatch: forward, backward, clipping, Adam) it reports:
+8 envs), every round, sb3-contrib's RecurrentPPO and ours each collect a fresh rollout (the
+cost of a minibatch depends on its episodes' lengths, which change as the policies learn),
+and the variants below are timed on it, one after the other. Per gradient step (one
+minibatch: forward, backward, clipping, Adam) it reports medians over the rounds of:
 
 - sb3-contrib's wall time, and the time the update goal (12x) leaves us;
 - ours, in wall and CPU time, with the critic's branch on a second thread and without;
@@ -14,7 +15,7 @@ gradient step (one minibatch: forward, backward, clipping, Adam) it reports:
   step does (heads, losses, sampling, clipping, Adam) must fit between it and the goal.
 
 Run:
-    python benchmarks/bench_update_floor.py               # ~3 min on 2 cores
+    python benchmarks/bench_update_floor.py               # ~5 min on 2 cores
     python benchmarks/bench_update_floor.py --rounds 2    # smoke run
 
 Writes benchmarks/results/update_floor.json and .md.
@@ -90,15 +91,16 @@ def lstm_jobs(model) -> list[tuple]:
     return jobs
 
 
-def measure(name: str, cfg: dict, rounds: int, rollouts: int, seed: int) -> dict:
+def measure(name: str, cfg: dict, rounds: int, seed: int) -> dict:
     ref, ours = build("sb3_contrib", cfg, seed), build("ours", cfg, seed)
+    callbacks = {}
     for model in (ref, ours):
-        model.learn(rollouts * cfg["n_envs"] * cfg["n_steps"])
+        model.learn(cfg["n_envs"] * cfg["n_steps"])  # sets the agent up: one rollout, one update
+        callbacks[model] = model._init_callback(None)
     steps = steps_per_train(ours)
     assert steps == steps_per_train(ref)
     pool = ThreadPoolExecutor(1, initializer=th.set_num_threads, initargs=(th.get_num_threads(),))
-    jobs = lstm_jobs(ours)
-    per_epoch = len(jobs)
+    jobs: list[tuple] = []
 
     def lstms(mode):
         for actor, critic in jobs:
@@ -116,19 +118,25 @@ def measure(name: str, cfg: dict, rounds: int, rollouts: int, seed: int) -> dict
         "sb3_contrib": (ref.train, steps),
         "ours": (ours.train, steps),
         "ours_serial": (lambda: serial_train(ours), steps),
-        "lstm_actor_alone": (lambda: lstms("actor"), per_epoch),
-        "lstms_in_turn": (lambda: lstms("in_turn"), per_epoch),
-        "lstms_side_by_side": (lambda: lstms("side_by_side"), per_epoch),
+        "lstm_actor_alone": (lambda: lstms("actor"), None),
+        "lstms_in_turn": (lambda: lstms("in_turn"), None),
+        "lstms_side_by_side": (lambda: lstms("side_by_side"), None),
     }
     samples = {v: {"wall": [], "cpu": []} for v in variants}
+    kernels = []
     for rnd in range(rounds + 1):
+        for model in (ref, ours):
+            model.collect_rollouts(model.env, callbacks[model], model.rollout_buffer, model.n_steps)
+        jobs[:] = lstm_jobs(ours)  # one epoch's minibatches of this rollout
         for v, (fn, n) in variants.items():
             wall, cpu = timed(fn)
             if rnd > 0:  # round 0 warms up
-                samples[v]["wall"].append(wall / n * 1e3)
-                samples[v]["cpu"].append(cpu / n * 1e3)
+                samples[v]["wall"].append(wall / (n or len(jobs)) * 1e3)
+                samples[v]["cpu"].append(cpu / (n or len(jobs)) * 1e3)
+        if rnd > 0:
+            kernels.append(lstm_kernel_cpu_s(ours) / steps * 1e3)
         print(f"[{name}] round {rnd}: " + ", ".join(f"{v} {samples[v]['wall'][-1]:.2f} ms" for v in variants if samples[v]["wall"]), flush=True)
-    kernels_ms = np.median([lstm_kernel_cpu_s(ours) / steps * 1e3 for _ in range(3)])
+    kernels_ms = np.median(kernels)
     pool.shutdown()
     med = {v: {k: float(np.median(x)) for k, x in s.items()} for v, s in samples.items()}
     goal_ms = med["sb3_contrib"]["wall"] / GOAL
@@ -153,7 +161,7 @@ def render(report: dict) -> str:
              f"Command: `{report['command']}`", "", describe(report["machine"]), "",
              load_note(report["load_average_before"], report["load_average_after"], report["machine"]["cores"]), "",
              f"Medians over {report['rounds']} rounds, milliseconds per gradient step (one minibatch: forward, backward, "
-             "clipping, Adam); the variants are interleaved round by round.", ""]
+             "clipping, Adam), each round on a fresh rollout of each agent.", ""]
     for name, r in report["configs"].items():
         m = r["ms_per_gradient_step"]
         lines += [f"## {name}: {r['config']}", "",
@@ -179,8 +187,7 @@ def render(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--rollouts", type=int, default=4, help="rollouts each agent collects (and learns from) before timing")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds, each on a fresh rollout (plus one to warm up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per thread")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -188,13 +195,13 @@ def main() -> None:
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, Path(__file__).resolve().parents[1]), *sys.argv[1:]]),
         "machine": machine(),
-        "settings": {"rounds": args.rounds, "rollouts": args.rollouts, "threads": args.threads, "seed": args.seed},
+        "settings": {"rounds": args.rounds, "threads": args.threads, "seed": args.seed},
         "rounds": args.rounds,
         "load_average_before": list(os.getloadavg()),
         "configs": {},
     }
     for name, cfg in CONFIGS.items():
-        report["configs"][name] = measure(name, cfg, args.rounds, args.rollouts, args.seed)
+        report["configs"][name] = measure(name, cfg, args.rounds, args.seed)
     report["load_average_after"] = list(os.getloadavg())
     write_json(RESULTS / "update_floor.json", report)  # atomically: write, then rename
     write_text(RESULTS / "update_floor.md", render(report))
