@@ -1,5 +1,6 @@
 """The fast recurrent PPO computes what sb3-contrib computes, learns, saves and runs DANN."""
 
+import copy
 import threading
 
 import gymnasium as gym
@@ -348,6 +349,21 @@ def test_parallel_update_with_a_shared_cnn_and_dann_matches_the_serial_update():
     untrained = RecurrentPPO("CnnLstmPolicy", _TinyImageEnv(), seed=0, device="cpu", policy_kwargs=kwargs["policy_kwargs"])
     before = dict(untrained.policy.features_extractor.named_parameters())
     assert any(not th.equal(p, before[n]) for n, p in parallel.policy.features_extractor.named_parameters())
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_trained_agent_can_be_deep_copied(env_id):
+    # The update's action distribution (Categorical here) used to stay on the policy holding
+    # tensors of the last step's graph, which copy.deepcopy refuses.
+    model = RecurrentPPO("MlpLstmPolicy", env_id, n_steps=32, batch_size=16, n_epochs=2, seed=0, device="cpu").learn(64)
+    twin = copy.deepcopy(model)
+    obs = model.get_env().reset()
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], twin.predict(obs, deterministic=True)[0])
+    original = dict(model.policy.named_parameters())
+    for name, param in twin.policy.named_parameters():
+        assert th.equal(param, original[name]) and param is not original[name]
+    twin.learn(32, reset_num_timesteps=False)  # the copy trains on, on its own parameters
+    assert any(not th.equal(param, original[name]) for name, param in twin.policy.named_parameters())
 
 
 def test_the_critic_thread_uses_the_callers_torch_thread_count(monkeypatch):

@@ -18,7 +18,7 @@ from sb3_contrib.common.recurrent.policies import (
     RecurrentMultiInputActorCriticPolicy,
 )
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution
 from torch import nn
 
 from rlsim2real.agents.rollout import RolloutKernel, RolloutStep
@@ -82,6 +82,21 @@ def _reset_states(lstm_states: tuple[th.Tensor, th.Tensor], episode_starts: th.T
     n_seq = lstm_states[0].shape[1]
     keep = (1.0 - episode_starts.reshape((n_seq, -1))[:, 0]).view(1, n_seq, 1)
     return keep * lstm_states[0], keep * lstm_states[1]
+
+
+def _forget_graph(distribution: Distribution) -> None:
+    """Let the policy's action distribution drop the tensors of a step with gradients.
+
+    SB3's distributions keep the last torch distribution they built (gSDE also its latent).
+    Built in the update, those tensors carry the step's graph: they would keep it alive with
+    the policy and make the policy, and the agent, impossible to ``copy.deepcopy`` ("Only
+    Tensors created explicitly by the user ... support the deepcopy protocol"), as they do
+    in sb3-contrib. Nothing reads them after the step.
+    """
+    distribution.distribution = None
+    latent = getattr(distribution, "_latent_sde", None)
+    if isinstance(latent, th.Tensor) and latent.requires_grad:
+        distribution._latent_sde = latent.detach()
 
 
 def diag_gaussian_log_prob_entropy(mean: th.Tensor, log_std: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
@@ -314,7 +329,9 @@ class FastRecurrentPolicyMixin:
         if type(self.action_dist) is DiagGaussianDistribution:
             return diag_gaussian_log_prob_entropy(self.action_net(latent_pi), self.log_std, actions)
         distribution = self._get_action_dist_from_latent(latent_pi)
-        return distribution.log_prob(actions), distribution.entropy()
+        log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
+        _forget_graph(distribution)
+        return log_prob, entropy
 
     def _value_head(self, latent_vf: th.Tensor) -> th.Tensor:
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
