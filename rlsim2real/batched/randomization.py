@@ -359,6 +359,10 @@ class BatchedActionDelay:
         delayed = self._delayed
         if not delayed.size:
             return actions
+        if not np.can_cast(actions.dtype, self._queue.dtype, "safe"):
+            # Wider actions than the space's (float64 into a float32 space): queued as they
+            # are, as ActionDelay queues them, not rounded (the queue's values widen exactly).
+            self._queue = self._queue.astype(np.result_type(actions.dtype, self._queue.dtype))
         if self._all_delayed:  # the usual case under a delay term: no masks
             slots = self._queue.reshape(-1, self._queue.shape[2])  # a view: slot w * longest + head
             at = self._first_slot + self._head
@@ -367,7 +371,7 @@ class BatchedActionDelay:
             self._head += 1
             np.remainder(self._head, self.delay, out=self._head)
             return out
-        out = actions.astype(self._queue.dtype, copy=True)
+        out = actions.astype(self._queue.dtype, copy=True)  # the same values: the queue is as wide
         head = self._head[delayed]
         out[delayed] = self._queue[delayed, head]
         self._queue[delayed, head] = actions[delayed]
