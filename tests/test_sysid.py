@@ -302,7 +302,11 @@ def test_levenberg_marquardt_recovers_inverted_pendulum_masses(tmp_path):
     _needs_toolbox()
     path = make_log(tmp_path, "inverted_pendulum", "heavy_pole", episodes=5)
     problem = SysIdProblem.build("inverted_pendulum", path, params=["cart_mass", "pole_mass"], truth="heavy_pole")
+    from absl import logging as absl_logging
+
+    before = absl_logging.get_verbosity()
     result = identify(problem, fitter="lm", budget=200, nthread=2)
+    assert absl_logging.get_verbosity() == before  # the toolbox's warnings were silenced for the fit only
     assert np.all(result.relative_error < 0.01), result.table()
     assert result.info["fitter"] == "lm" and 0 < result.info["evaluations"] <= 200 + 4
     assert result.mean[1] > result.prior[1, 1]  # outside the prior box it started in

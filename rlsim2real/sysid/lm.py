@@ -25,7 +25,8 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,10 +99,32 @@ def fit_lm(
     sysid = toolbox()
     if problem.mode != "replay":
         raise SpecError(f"--fitter lm: fits replay windows; --mode {problem.mode} needs --fitter cma")
+    with _toolbox_warnings_off():
+        return _fit(sysid, problem, budget, nthread, initial, progress)
+
+
+@contextmanager
+def _toolbox_warnings_off() -> Iterator[None]:
+    """absl at ERROR while the toolbox runs (it warns once per sequence whose data are the
+    env's observations rather than model sensors), then as the caller had it."""
     from absl import logging as absl_logging
 
-    # The toolbox logs a warning per sequence whose data are observations, not model sensors.
+    previous = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(previous)
+
+
+def _fit(
+    sysid: Any,
+    problem: Any,
+    budget: int,
+    nthread: int | None,
+    initial: np.ndarray | None,
+    progress: Callable[[Generation], None] | None,
+) -> LMRun:
     space, writer, model = problem.space, problem.writer, problem.model
     low, high = problem.low, problem.high
     n = len(space)
