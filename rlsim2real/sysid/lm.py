@@ -76,6 +76,24 @@ class LMRun:
     history: list[dict[str, float]]
 
 
+@contextmanager
+def _toolbox_warnings_off() -> Iterator[None]:
+    """absl at ERROR while the toolbox runs (it warns once per sequence whose data are the
+    env's observations rather than model sensors), then as the caller had it."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # the toolbox's extra is missing too: fit_lm says so
+        yield
+        return
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(previous)
+
+
+@_toolbox_warnings_off()
 def fit_lm(
     problem: Any, budget: int = 300, nthread: int | None = None, initial: np.ndarray | None = None,
     progress: Callable[[Generation], None] | None = None,
@@ -99,32 +117,6 @@ def fit_lm(
     sysid = toolbox()
     if problem.mode != "replay":
         raise SpecError(f"--fitter lm: fits replay windows; --mode {problem.mode} needs --fitter cma")
-    with _toolbox_warnings_off():
-        return _fit(sysid, problem, budget, nthread, initial, progress)
-
-
-@contextmanager
-def _toolbox_warnings_off() -> Iterator[None]:
-    """absl at ERROR while the toolbox runs (it warns once per sequence whose data are the
-    env's observations rather than model sensors), then as the caller had it."""
-    from absl import logging as absl_logging
-
-    previous = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logging.set_verbosity(previous)
-
-
-def _fit(
-    sysid: Any,
-    problem: Any,
-    budget: int,
-    nthread: int | None,
-    initial: np.ndarray | None,
-    progress: Callable[[Generation], None] | None,
-) -> LMRun:
     space, writer, model = problem.space, problem.writer, problem.model
     low, high = problem.low, problem.high
     n = len(space)
