@@ -27,7 +27,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +77,19 @@ def lstm_kernel_cpu_s(model) -> float:
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in LSTM_KERNELS) / 1e6
 
 
-def lstm_jobs(model) -> list[tuple]:
+def lstm_forward_backward(features, states, lstm, plan) -> None:
+    run_planned(features, states, lstm, plan).sum().backward()
+
+
+def lstm_jobs(model) -> list[tuple[Callable[[], None], Callable[[], None]]]:
     """Per minibatch of one epoch: the actor's and the critic's LSTM forward + backward."""
     policy = model.policy
     jobs = []
     for batch in model.rollout_buffer.get_sequences(model.batch_size):
         with th.no_grad():
             pi_features, vf_features = (f.detach() for f in policy.branch_features(batch.observations))
-
-        def run(features, states, lstm, plan=batch.plan):
-            run_planned(features, states, lstm, plan).sum().backward()
-
-        jobs.append(((run, pi_features, batch.lstm_states.pi, policy.lstm_actor),
-                     (run, vf_features, batch.lstm_states.vf, policy.lstm_critic)))
+        jobs.append((partial(lstm_forward_backward, pi_features, batch.lstm_states.pi, policy.lstm_actor, batch.plan),
+                     partial(lstm_forward_backward, vf_features, batch.lstm_states.vf, policy.lstm_critic, batch.plan)))
     return jobs
 
 
@@ -100,18 +102,18 @@ def measure(name: str, cfg: dict, rounds: int, seed: int) -> dict:
     steps = steps_per_train(ours)
     assert steps == steps_per_train(ref)
     pool = ThreadPoolExecutor(1, initializer=th.set_num_threads, initargs=(th.get_num_threads(),))
-    jobs: list[tuple] = []
+    jobs: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
     def lstms(mode):
         for actor, critic in jobs:
             if mode == "actor":
-                actor[0](*actor[1:])
+                actor()
             elif mode == "in_turn":
-                actor[0](*actor[1:])
-                critic[0](*critic[1:])
+                actor()
+                critic()
             else:
-                job = pool.submit(critic[0], *critic[1:])
-                actor[0](*actor[1:])
+                job = pool.submit(critic)
+                actor()
                 job.result()
 
     variants = {
